@@ -1,0 +1,1 @@
+"""mest-compile: MEST sparse training with compiled sparse kernels."""
