@@ -1,0 +1,24 @@
+# CPU image of mest-compile: the C++ toolchain TVM links host kernels with, and the aarch64 cross
+# toolchain (plus qemu-user to run what it builds) for ARM targets. Mirrors what the Makefile installs.
+FROM python:3.11-slim-bookworm
+
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      g++ make gcc-aarch64-linux-gnu g++-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user \
+ && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /opt/mest-compile
+COPY pyproject.toml README.md Makefile ./
+COPY mest_compile ./mest_compile
+COPY targets ./targets
+COPY schedules ./schedules
+
+# The CPU wheel of torch first, so the dependency resolver does not pull the CUDA build.
+RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
+ && pip install --no-cache-dir .
+
+# Two CPU threads for TVM's pool unless the user says otherwise (TVM counts physical cores).
+ENV TVM_NUM_THREADS=2
+WORKDIR /work
+ENTRYPOINT ["mest-compile"]
+CMD ["--help"]

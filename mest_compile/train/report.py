@@ -1,0 +1,76 @@
+"""What a run leaves behind: metrics as JSON lines, a summary, and a plot."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+from mest_compile.io import atomic_write_text
+
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+PLOT = "training.png"
+
+
+def append_metrics(run_dir: pathlib.Path, record: dict[str, Any]) -> None:
+    """Append one epoch's record to the run's JSON-lines log."""
+    with open(run_dir / METRICS, "a") as handle:
+        handle.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def rewrite_metrics(run_dir: pathlib.Path, history: Sequence[dict[str, Any]]) -> None:
+    """Replace the log by `history` (a resumed run drops epochs logged after its checkpoint)."""
+    atomic_write_text(run_dir / METRICS, "".join(json.dumps(r, sort_keys=True) + "\n" for r in history))
+
+
+def write_summary(run_dir: pathlib.Path, summary: dict[str, Any]) -> None:
+    """The run's summary as JSON."""
+    atomic_write_text(run_dir / SUMMARY, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A table a person reads at the end of a run."""
+    lines = [
+        f"scheme {summary['scheme']}  epochs {summary['epochs']}  dataset {summary['dataset']}  model {summary['model']}",
+        f"test accuracy {100 * summary['final_test_acc']:.2f}% (best {100 * summary['best_test_acc']:.2f}%)",
+        f"sparsity {100 * summary['sparsity']:.2f}% over the sparse layers, "
+        f"{100 * summary['model_sparsity']:.2f}% over all conv/linear weights",
+        f"mask updates {summary['mask_updates']}",
+        "",
+        f"{'layer':<32} {'shape':<18} {'nnz':>8} {'sparsity':>9}",
+    ]
+    for layer in summary["layers"]:
+        shape = "x".join(str(d) for d in layer["shape"])
+        lines.append(f"{layer['name']:<32} {shape:<18} {layer['nnz']:>8} {100 * layer['sparsity']:>8.2f}%")
+    return "\n".join(lines)
+
+
+def plot_history(run_dir: pathlib.Path, history: Sequence[dict[str, Any]]) -> pathlib.Path:
+    """Accuracy and sparsity over epochs, as a PNG beside the metrics."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    fig, (acc_ax, sp_ax) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    acc_ax.plot(epochs, [100 * r["train_acc"] for r in history], label="train")
+    acc_ax.plot(epochs, [100 * r["test_acc"] for r in history], label="test")
+    acc_ax.set_ylabel("accuracy (%)")
+    acc_ax.legend(loc="lower right")
+    acc_ax.grid(alpha=0.3)
+    sp_ax.plot(epochs, [100 * r["sparsity"] for r in history], label="sparse layers (after update)")
+    sp_ax.plot(epochs, [100 * r["model_sparsity"] for r in history], label="all conv/linear weights")
+    sp_ax.set_ylabel("sparsity (%)")
+    sp_ax.set_xlabel("epoch")
+    sp_ax.legend(loc="lower right")
+    sp_ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = run_dir / PLOT
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
