@@ -34,7 +34,8 @@ system-deps:
 
 # MEST Elastic Mutation, 90% block sparsity, on the offline digits set; prints accuracy vs dense.
 demo: install system-deps
-	$(BIN)/mest-compile demo --out $(DEMO_OUT)
+	rm -rf $(DEMO_OUT)
+	$(BIN)/mest-compile train --config configs/demo.yaml --out $(DEMO_OUT) --compare-dense
 
 test: install system-deps
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -18,3 +18,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         tier = pathlib.Path(str(item.fspath)).parent.name
         if tier in TIERS:
             item.add_marker(getattr(pytest.mark, TIERS[tier]))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Small convolutions on 2 shared cores are many times slower with torch's default thread
+    # count than with one thread; tests measure correctness, not speed.
+    import torch
+
+    torch.set_num_threads(1)

@@ -73,8 +73,11 @@ def _with_config_options(command: Callable[..., Any]) -> Callable[..., Any]:
               help="run directory: checkpoint, metrics.jsonl, summary.json, training.png")
 @click.option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint")
 @click.option("--quiet", is_flag=True, help="no progress bar")
+@click.option("--compare-dense", is_flag=True,
+              help="also train the same model densely (in OUT/dense) and print both accuracies")
 @_with_config_options
-def train(config_file: str | None, out: str, resume: bool, quiet: bool, **flags: Any) -> None:
+def train(config_file: str | None, out: str, resume: bool, quiet: bool, compare_dense: bool,
+          **flags: Any) -> None:
     """Train a sparse model with MEST's Elastic Mutation and Soft Memory Bound."""
     from mest_compile.train.loop import Trainer
     from mest_compile.train.report import format_summary
@@ -92,3 +95,17 @@ def train(config_file: str | None, out: str, resume: bool, quiet: bool, **flags:
     summary = trainer.fit()
     click.echo(format_summary(summary))
     click.echo(f"\nrun directory: {out}")
+    if compare_dense:
+        dense_dir = pathlib.Path(out) / "dense"
+        dense = Trainer(dense_baseline(trainer.config), dense_dir, progress=not quiet).fit()
+        gap = 100 * (summary["final_test_acc"] - dense["final_test_acc"])
+        click.echo(f"\n{100 * summary['sparsity']:.1f}% sparse: test accuracy {100 * summary['final_test_acc']:.2f}%"
+                   f"   dense: {100 * dense['final_test_acc']:.2f}%   difference {gap:+.2f} points"
+                   f"   (dense run in {dense_dir})")
+
+
+def dense_baseline(config: TrainConfig) -> TrainConfig:
+    """The same run without sparsity or data removal: what a sparse run is judged against."""
+    return dataclasses.replace(config, profile="dense", ratio_space="overall", lower_bound=None, upper_bound=None,
+                               mask_update_decay_epoch=None, data_efficient=False, remove_data_epoch=None,
+                               remove_n=0, sorting_file=None)

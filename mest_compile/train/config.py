@@ -73,6 +73,10 @@ class TrainConfig:
             raise MestError(f"regrow_momentum must be 'reset' or 'keep', got {self.regrow_momentum!r}")
         if (self.lower_bound is None) != (self.upper_bound is None):
             raise MestError("--lower-bound and --upper-bound go together: give both or neither")
+        if self.lower_bound is not None and self.mask_update_decay_epoch is None:
+            # MEST silently never mutates without a decay string; say so instead.
+            raise MestError("--lower-bound/--upper-bound need --mask-update-decay-epoch (masks update only when it "
+                            "is set); e.g. 90-120, or one epoch past the end for a single stage")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (YAML/JSON/checkpoint friendly)."""

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from mest_compile.errors import MestError
-from mest_compile.sparsity.bounds import BoundSchedule
 from mest_compile.sparsity.compat import Compat
-from mest_compile.sparsity.data_efficiency import ForgettingTracker, read_importance, removal, write_importance
+from mest_compile.sparsity.data_efficiency import (ForgettingTracker, example_statistics, read_importance, removal,
+                                                   write_importance)
 from mest_compile.sparsity.module import SparseConv2d, sparsify
 from mest_compile.sparsity.mutation import ElasticMutation, MutationConfig
 from mest_compile.sparsity.profile import looks_like_mest_kernel_space
@@ -26,7 +26,7 @@ from mest_compile.train.config import TrainConfig
 from mest_compile.train.datasets import load_dataset
 from mest_compile.train.models import build_model
 from mest_compile.train.optim import OPTIMIZERS, SCHEDULERS
-from mest_compile.train.profiles import resolve_profile
+from mest_compile.train.profiles import resolve_profile, resolve_schedule
 
 
 class Trainer:
@@ -58,13 +58,11 @@ class Trainer:
             warnings.warn("the profile's ratios look like MEST's pattern kernel-level values (0.775 means 90%); "
                           "pass --ratio-space kernel if that is what they are", stacklevel=2)
         self.layers: dict[str, SparseConv2d] = sparsify(self.model, config.scheme, profile, compat=self.compat)
-        if not self.layers:
-            raise MestError(f"the profile selects no layer of model {config.model!r}")
         self.optimizer = OPTIMIZERS.get(config.optimizer)(self.model.parameters(), config.lr, config.momentum,
                                                           config.weight_decay)
         self.scheduler = SCHEDULERS.get(config.lr_scheduler)(self.optimizer, config.epochs)
         self.mutation = ElasticMutation(self.layers, MutationConfig(
-            schedule=_schedule(config),
+            schedule=resolve_schedule(config),
             score="magnitude+grad" if config.sp_lmd > 0 else "magnitude",
             sp_lmd=config.sp_lmd,
             regrow_momentum=config.regrow_momentum,
@@ -174,22 +172,21 @@ class Trainer:
             for step, index in enumerate(bar):
                 x = self.data.train_x[index]
                 if self.data.augment:
-                    x = augment_batch(x, self.data_rng)
+                    x = augment_batch(x, self.data_rng, fill=self.data.pad_fill)
                 y = self.data.train_y[index]
                 logits = self.model(x)
-                losses = F.cross_entropy(logits, y, reduction="none")
-                loss = losses.mean()
+                loss = F.cross_entropy(logits, y)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if step == len(batches) - 1:
                     self.mutation.observe_gradients()
                 self.optimizer.step()
                 self.mutation.apply_masks_()
-                with torch.no_grad():
-                    correct = logits.argmax(1) == y
-                    if self.config.data_efficient:
-                        self.forgetting.record(index, correct, losses.detach(), _margin(logits.detach(), y))
-                total_loss += float(loss) * len(y)
+                # Recorded on the batch the step trained on, before the update, as MEST does.
+                correct, losses, margins = example_statistics(logits, y)
+                if self.config.data_efficient:
+                    self.forgetting.record(index, correct, losses, margins)
+                total_loss += loss.item() * len(y)
                 total_correct += int(correct.sum())
                 seen += len(y)
         return total_loss / seen, total_correct / seen
@@ -234,7 +231,7 @@ class Trainer:
         """Fraction of zero weights over the sparse layers (masks)."""
         total = sum(layer.mask.numel() for layer in self.layers.values())
         kept = sum(int(layer.mask.sum()) for layer in self.layers.values())
-        return 1.0 - kept / total
+        return 1.0 - kept / total if total else 0.0
 
     def model_sparsity(self) -> float:
         """Fraction of zero weights over every conv and linear weight (MEST's `test_sparsity`)."""
@@ -273,17 +270,3 @@ class Trainer:
 
         with click.progressbar(batches, label=label, file=click.get_text_stream("stderr")) as bar:
             yield bar
-
-
-def _schedule(config: TrainConfig) -> BoundSchedule | None:
-    if config.lower_bound is None or config.upper_bound is None:
-        return None
-    return BoundSchedule.parse(config.lower_bound, config.upper_bound, config.mask_update_decay_epoch,
-                               config.sp_mask_update_freq)
-
-
-def _margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """logit[y] - max_{c != y} logit[c], as MEST records it."""
-    true = logits.gather(1, y[:, None]).squeeze(1)
-    others = logits.scatter(1, y[:, None], float("-inf"))
-    return true - others.max(1).values

@@ -36,6 +36,15 @@ class Scheme(ABC):
 
     name: str = ""
     unit: str = "weight"
+    # What `prune` removes: "weight" (any single weight), "position" (positions inside a kernel,
+    # never a whole kernel), "kernel", "block" or "filter". A compound checks every part's
+    # removals against the other parts' `preserved_by`, so it can only build legal masks.
+    removes: str = "weight"
+    # The removal units after which a mask of this scheme is still legal.
+    preserved_by: frozenset[str] = frozenset()
+    # In a compound, the part with the highest precedence grows (a grown pattern kernel is also
+    # a balanced kernel, but a grown full kernel is no pattern).
+    growth_precedence: int = 0
 
     def check(self, shape: tuple[int, ...]) -> None:
         """Raise a `MestError` naming the problem if this scheme cannot take a weight of `shape`."""
@@ -69,6 +78,24 @@ class Scheme(ABC):
         Returns a new mask (a superset of `mask`); never modifies its inputs. `weight` is the
         pruned weight, needed only by the reference's signed-sum emptiness test.
         """
+
+    def prepare(self, weight: torch.Tensor, sparsity: float, score: torch.Tensor | None) -> tuple[float, torch.Tensor]:
+        """Validate `prune`'s arguments; return the sparsity as a float and the (default) score."""
+        self.check(tuple(weight.shape))
+        value = check_sparsity(sparsity)
+        if score is None:
+            return value, weight.detach().abs()
+        if tuple(score.shape) != tuple(weight.shape):
+            raise MestError(f"score shape {tuple(score.shape)} differs from weight shape {tuple(weight.shape)}")
+        return value, score.detach()
+
+    def prepare_growth(self, weight: torch.Tensor, mask: torch.Tensor, sparsity: float) -> tuple[float, torch.Tensor]:
+        """Validate `grow`'s arguments; return the sparsity as a float and a bool copy of `mask`."""
+        self.check(tuple(weight.shape))
+        value = check_sparsity(sparsity)
+        if tuple(mask.shape) != tuple(weight.shape):
+            raise MestError(f"mask shape {tuple(mask.shape)} differs from weight shape {tuple(weight.shape)}")
+        return value, mask.detach().to(dtype=torch.bool, copy=True)
 
     def is_legal(self, mask: torch.Tensor) -> bool:
         """Whether `mask` has this scheme's structure (every mask is legal for `irregular`)."""

@@ -1,0 +1,150 @@
+"""Packed format of the block scheme (`free_block_prune_column_4`).
+
+The weight `(O, C, kh, kw)` is viewed as a matrix `(O, C*kh*kw)`; a block is 4 consecutive rows
+(filters `4g .. 4g+3`) at one column `(c, kh, kw)`, kept or pruned as a whole. The format lists
+the kept blocks twice:
+
+* by filter group `g` (forward and weight gradient): `group_ptr` (CSR over groups) and, per
+  block, `x_off`, its input-scratch offset (see `geometry.py`);
+* by input gradient row `(c, a, b)` (input channel and dx output phase): `dx_ptr`, and per entry
+  `dx_blk` (which block's 4 values) and `dx_off` (gradient-scratch offset of its channel `4g`).
+
+Buffers are sized by a *capacity* (in blocks). The kernels read only the first `nnz` entries, so
+a new mask that fits is a repack in torch: same buffers, same compiled kernels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mest_compile.compiler.formats.geometry import ConvGeometry
+from mest_compile.errors import MestError
+
+SCHEME = "free_block_prune_column_4"
+BLOCK_ROWS = 4
+
+
+def kept_blocks(mask: torch.Tensor) -> torch.Tensor:
+    """Bool `(O/4, C*kh*kw)`: which blocks a legal block mask keeps.
+
+    Raises:
+        MestError: if `O` is not a multiple of 4 or a block is partly kept.
+    """
+    o = mask.shape[0]
+    if o % BLOCK_ROWS:
+        raise MestError(f"block scheme needs out_channels % {BLOCK_ROWS} == 0, got {o}")
+    blocks = mask.reshape(o // BLOCK_ROWS, BLOCK_ROWS, -1).to(torch.bool)
+    kept = blocks[:, 0, :]
+    if not bool((blocks == kept[:, None, :]).all()):
+        raise MestError("mask is not all-or-none over blocks of 4 consecutive filters at one column")
+    return kept
+
+
+@dataclass
+class BlockFormat:
+    """Kept blocks of one layer, as runtime index buffers (int32) for the block kernels."""
+
+    geometry: ConvGeometry
+    capacity: int
+    nnz: int
+    group_ptr: torch.Tensor  # (O/4 + 1,)
+    x_off: torch.Tensor  # (capacity,)
+    flat_idx: torch.Tensor  # (capacity, 4) int64 into weight.view(-1)
+    dx_ptr: torch.Tensor  # (C * s * s + 1,)
+    dx_blk: torch.Tensor  # (capacity,)
+    dx_off: torch.Tensor  # (capacity,)
+
+    @classmethod
+    def pack(cls, mask: torch.Tensor, geometry: ConvGeometry, capacity: int | None = None) -> "BlockFormat":
+        """Pack a legal block `mask` (shaped like the weight) for `geometry`.
+
+        Args:
+            capacity: buffer size in blocks; defaults to the number of kept blocks (at least 1).
+        """
+        kept = kept_blocks(mask.detach().cpu())
+        nnz = int(kept.sum())
+        capacity = max(1, nnz) if capacity is None else int(capacity)
+        if nnz > capacity:
+            raise MestError(f"mask keeps {nnz} blocks, more than the capacity {capacity}")
+        groups = kept.shape[0]
+        fmt = cls(
+            geometry=geometry,
+            capacity=capacity,
+            nnz=0,
+            group_ptr=torch.zeros(groups + 1, dtype=torch.int32),
+            x_off=torch.zeros(capacity, dtype=torch.int32),
+            flat_idx=torch.zeros(capacity, BLOCK_ROWS, dtype=torch.int64),
+            dx_ptr=torch.zeros(geometry.in_channels * geometry.stride**2 + 1, dtype=torch.int32),
+            dx_blk=torch.zeros(capacity, dtype=torch.int32),
+            dx_off=torch.zeros(capacity, dtype=torch.int32),
+        )
+        fmt._fill(kept)
+        return fmt
+
+    def fits(self, mask: torch.Tensor) -> bool:
+        """Whether `mask` can be repacked into these buffers."""
+        return int(kept_blocks(mask.detach().cpu()).sum()) <= self.capacity
+
+    def repack_(self, mask: torch.Tensor) -> "BlockFormat":
+        """Refill the buffers in place for a new mask of the same layer (no new buffers)."""
+        kept = kept_blocks(mask.detach().cpu())
+        if int(kept.sum()) > self.capacity:
+            raise MestError(f"mask keeps {int(kept.sum())} blocks, more than the capacity {self.capacity}")
+        self._fill(kept)
+        return self
+
+    def _fill(self, kept: torch.Tensor) -> None:
+        geo = self.geometry
+        g, col = kept.nonzero(as_tuple=True)  # row-major: sorted by group, then column
+        nnz = int(g.numel())
+        self.nnz = nnz
+        self.group_ptr[0] = 0
+        torch.cumsum(kept.sum(1), 0, out=self.group_ptr[1:])
+        self.x_off.zero_()
+        self.x_off[:nnz] = geo.x_offsets[col]
+        rows = g[:, None] * BLOCK_ROWS + torch.arange(BLOCK_ROWS)
+        self.flat_idx.zero_()
+        self.flat_idx[:nnz] = rows * geo.columns + col[:, None]
+        # Input gradient: entries grouped by dx row (c, phase), stable so groups stay ordered.
+        phase, off = geo.dx_phase_and_offsets
+        khw = geo.kernel_h * geo.kernel_w
+        dx_row = (col // khw) * geo.stride**2 + phase[col]
+        order = torch.argsort(dx_row, stable=True)
+        self.dx_ptr.zero_()
+        self.dx_ptr[1:] = torch.cumsum(torch.bincount(dx_row, minlength=self.dx_ptr.numel() - 1), 0)
+        self.dx_blk.zero_()
+        self.dx_blk[:nnz] = order.to(torch.int32)
+        self.dx_off.zero_()
+        self.dx_off[:nnz] = (g[order] * BLOCK_ROWS * geo.dy_plane + off[col[order]]).to(torch.int32)
+
+    def values(self, weight: torch.Tensor) -> torch.Tensor:
+        """`(nnz, 4)` kept values of `weight`; differentiable (its gradient is zero off the mask)."""
+        return weight.reshape(-1)[self.flat_idx[: self.nnz]]
+
+    def signature(self, buckets: int = 8) -> tuple:
+        """Structure signature: geometry, capacity and a histogram of blocks per filter group.
+
+        Two masks with the same signature have the same work per group to within a bucket; a
+        recompile policy compares signatures to decide whether tuned kernels still fit.
+        """
+        per_group = (self.group_ptr[1:] - self.group_ptr[:-1]).to(torch.float32)
+        top = max(1, self.geometry.columns)
+        hist = torch.histc(per_group, bins=buckets, min=0, max=top).to(torch.int64)
+        return (SCHEME, self.geometry, self.capacity, tuple(hist.tolist()))
+
+    def buffers(self) -> dict[str, torch.Tensor]:
+        """The index buffers by name (what a kernel call needs besides activations and values)."""
+        return {
+            "group_ptr": self.group_ptr,
+            "x_off": self.x_off,
+            "dx_ptr": self.dx_ptr,
+            "dx_blk": self.dx_blk,
+            "dx_off": self.dx_off,
+        }
+
+    def nbytes(self) -> int:
+        """Bytes of the index buffers plus the packed values (float32)."""
+        idx = sum(t.numel() * t.element_size() for t in self.buffers().values())
+        return idx + self.capacity * BLOCK_ROWS * 4

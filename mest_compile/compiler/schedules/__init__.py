@@ -1,0 +1,1 @@
+"""Hand-written schedules per scheme x target family."""

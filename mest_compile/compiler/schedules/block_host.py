@@ -1,0 +1,81 @@
+"""Host (x86 / ARM CPU) schedules and tile choices of the block-scheme kernels.
+
+The kernels' inner loops (vectorised over output pixels, unrolled over the 4 block rows and the
+tile rows) are part of the templates: vectorisation sits *inside* the data-dependent loop,
+never around it (TVM_NOTES §3.5). The schedules only place the fill stage next to its
+consumer, so each image's scratch is built right before use and stays in L2, and parallelise
+over images (slots for the weight gradient).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import tvm
+from tvm import s_tir, tirx
+
+from mest_compile.compiler.formats.geometry import ConvGeometry
+
+# One AVX-512 register holds 16 floats; rows narrower than that still take one register.
+_LANES = 16
+
+
+def _vectors(width: int) -> int:
+    return -(-width // _LANES)
+
+
+def _largest_divisor(n: int, limit: int) -> int:
+    return max(d for d in range(1, max(1, min(n, limit)) + 1) if n % d == 0)
+
+
+@dataclass(frozen=True)
+class BlockTiles:
+    """Register-tile sizes of the three kernels (the knobs a tuner would sample)."""
+
+    # 4 x rows x OW accumulators; 16 of the 32 vector registers leave room for loads and
+    # broadcasts and give 16 independent FMA chains (FMA latency 4 x throughput 1-2).
+    fwd_rows: int
+    # rows x dx-phase width accumulators per phase; each loaded value is used once, so 8 chains
+    # already cover the FMA latency and more only adds register pressure.
+    dgrad_rows: int
+    # cols x 4 x OW accumulators: 4 dy rows and `cols` scratch rows per 4*cols FMAs.
+    wgrad_cols: int
+    # Parallel image slots of the weight gradient (one per thread).
+    wgrad_slots: int
+
+    @classmethod
+    def default(cls, geo: ConvGeometry, threads: int) -> "BlockTiles":
+        return cls(
+            fwd_rows=_largest_divisor(geo.out_h, max(1, 4 // _vectors(geo.out_w))),
+            dgrad_rows=_largest_divisor(geo.dx_rows, max(1, 8 // _vectors(geo.dx_cols))),
+            wgrad_cols=max(1, 4 // _vectors(geo.out_w)),
+            wgrad_slots=max(1, threads),
+        )
+
+
+def _fill_at_image(func: tirx.PrimFunc, consumer: str) -> tvm.IRModule:
+    sch = s_tir.Schedule(func)
+    loops = sch.get_loops(sch.get_sblock(consumer))
+    sch.compute_at(sch.get_sblock("fill"), loops[0])
+    sch.parallel(loops[0])
+    return sch.mod
+
+
+def schedule_forward(func: tirx.PrimFunc) -> tvm.IRModule:
+    """Fill each image's input scratch under the image loop; images in parallel."""
+    return _fill_at_image(func, "conv")
+
+
+def schedule_dgrad(func: tirx.PrimFunc) -> tvm.IRModule:
+    """Fill each image's dy scratch under the image loop; images in parallel."""
+    return _fill_at_image(func, "dgrad")
+
+
+def schedule_wgrad(func: tirx.PrimFunc) -> tvm.IRModule:
+    """Slots in parallel; the final slot/lane reduction in parallel over blocks."""
+    sch = s_tir.Schedule(func)
+    (slot,) = sch.get_loops(sch.get_sblock("wgrad"))
+    sch.parallel(slot)
+    j, _ = sch.get_loops(sch.get_sblock("reduce"))
+    sch.parallel(j)
+    return sch.mod
