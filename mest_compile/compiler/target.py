@@ -49,7 +49,7 @@ def resolve_target(target: str | dict | tvm.target.Target = "host") -> tvm.targe
     if isinstance(target, tvm.target.Target):
         return target
     if isinstance(target, str):
-        spec = _preset(target) if target == "host" else _preset(target)
+        spec = _preset(target) or (dict(_HOST) if target == "host" else None)
         if spec is None:
             raise MestError(f"unknown target preset {target!r}")
         target = spec

@@ -17,23 +17,11 @@ from torch import nn
 from mest_compile.errors import MestError
 from mest_compile.sparsity.compat import Compat
 from mest_compile.sparsity.profile import Profile
-from mest_compile.sparsity.schemes.base import Scheme
+from mest_compile.sparsity.schemes import Scheme, get_scheme
 
 Backend = Callable[["SparseConv2d", torch.Tensor], torch.Tensor]
 # MEST's generate_mask leaves a layer this dense unmasked (compat `skip-nearly-dense`).
 _NEARLY_DENSE = 0.1
-
-
-def resolve_scheme(scheme: str | Scheme) -> Scheme:
-    """A scheme object from a registered name or an object (normalised once, at the boundary)."""
-    if isinstance(scheme, Scheme):
-        return scheme
-    if isinstance(scheme, str):
-        # Imported here: the registry pulls in every scheme, which a bare module does not need.
-        from mest_compile.sparsity.schemes import get_scheme
-
-        return get_scheme(scheme)
-    raise MestError(f"a scheme is a name or a Scheme object, got {scheme!r}")
 
 
 class SparseConv2d(nn.Conv2d):
@@ -57,7 +45,7 @@ class SparseConv2d(nn.Conv2d):
     def __init__(self, *args: Any, scheme: str | Scheme = "irregular", **kwargs: Any) -> None:
         """Same arguments as `nn.Conv2d`, plus the keyword `scheme`; the mask starts dense."""
         super().__init__(*args, **kwargs)
-        self.scheme = resolve_scheme(scheme)
+        self.scheme = get_scheme(scheme)
         self.scheme.check(tuple(self.weight.shape))
         self.register_buffer("mask", torch.ones_like(self.weight, dtype=torch.bool))
         self.mask_version = 0
@@ -185,7 +173,7 @@ class SparseConv2d(nn.Conv2d):
         # restored scheme; the mask changed, so a compiled backend must repack.
         if not isinstance(state, Mapping) or "scheme" not in state:
             raise MestError(f"SparseConv2d extra state must hold a scheme name, got {state!r}")
-        scheme = resolve_scheme(str(state["scheme"]))
+        scheme = get_scheme(str(state["scheme"]))
         scheme.check(tuple(self.weight.shape))
         self.scheme = scheme
         if not bool(self.mask.all()) and not scheme.is_legal(self.mask):
@@ -226,7 +214,7 @@ def sparsify(
         MestError: naming the layer, for a profile entry the model lacks, a non-conv weight, or a
             shape the scheme cannot take.
     """
-    scheme = resolve_scheme(scheme)
+    scheme = get_scheme(scheme)
     profile = profile if isinstance(profile, Profile) else Profile(profile)
     params = dict(model.named_parameters())
     owners = {_weight_name(n): (n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}

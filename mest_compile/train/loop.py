@@ -120,15 +120,22 @@ class Trainer:
         self.start_epoch = int(state["epoch"]) + 1
 
     # --- the loop ---
-    def fit(self) -> dict[str, Any]:
-        """Train from the current epoch to `config.epochs`; returns the summary."""
+    def fit(self, stop_after: int | None = None) -> dict[str, Any]:
+        """Train from the current epoch to `config.epochs` and return the summary.
+
+        Args:
+            stop_after: stop after this many epochs of this call (the run stays resumable), as if
+                the process had been interrupted.
+        """
         self.run_dir.mkdir(parents=True, exist_ok=True)
         report.rewrite_metrics(self.run_dir, self.history)
-        for epoch in range(self.start_epoch, self.config.epochs):
+        end = self.config.epochs if stop_after is None else min(self.config.epochs, self.start_epoch + stop_after)
+        for epoch in range(self.start_epoch, end):
             record = self.run_epoch(epoch)
             self.history.append(record)
             report.append_metrics(self.run_dir, record)
             checkpoint.save_checkpoint(checkpoint.checkpoint_path(self.run_dir), self.state_dict(epoch))
+            self.start_epoch = epoch + 1
         summary = self.summary()
         report.write_summary(self.run_dir, summary)
         if self.history:

@@ -36,7 +36,10 @@ def resolve_schedule(config: TrainConfig) -> BoundSchedule | None:
     schedule = BoundSchedule.parse(config.lower_bound, config.upper_bound, config.mask_update_decay_epoch,
                                    config.sp_mask_update_freq)
     if config.ratio_space == "kernel":
-        # MEST's pattern scripts pass kernel-level bounds too (0.820-0.797-0.775 for 90%).
-        schedule = dataclasses.replace(schedule, lower=tuple(map(kernel_to_overall, schedule.lower)),
-                                       upper=tuple(map(kernel_to_overall, schedule.upper)))
+        # MEST's pattern scripts pass kernel-level bounds too (0.820-0.797-0.775 for 90%). A bound of
+        # 0 means "dense" before any conversion, in MEST as here.
+        def convert(values: tuple[float, ...]) -> tuple[float, ...]:
+            return tuple(kernel_to_overall(v) if v > 0 else 0.0 for v in values)
+
+        schedule = dataclasses.replace(schedule, lower=convert(schedule.lower), upper=convert(schedule.upper))
     return schedule

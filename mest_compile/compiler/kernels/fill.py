@@ -1,61 +1,91 @@
 """The fill stage shared by the block kernels: build a zero-padded (phase-split) scratch plane.
 
-A scratch plane holds `rows` rows of `pitch` floats. Row `i` of plane `q` (source channel
-`q % channels`, row phase `q // channels`) comes from source row `stride * i + phase - pad_top`
-(or is zero). Inside a row, lane `b * phase_w + j` takes source column `stride * j + b - pad_left`
-(or zero). Both the source row and the scratch row are whole vectors and the lane map is one
-constant shuffle, so padding and phase splitting cost one vector load, one shuffle and one
-vector store per row (LLVM lowers the shuffle to `vpermt2ps`), with no per-lane tests.
+A scratch plane holds `rows` rows of `pitch = stride * phase_w` floats. Row `i` of plane `q`
+(source channel `q % channels`, row phase `q // channels`) comes from source row
+`stride * i + q // channels - pad_top`, or is zero. Inside a row, column phase `b` occupies lanes
+`[b * phase_w, (b + 1) * phase_w)` and its lane `j` takes source column `stride * j + b - pad_left`.
+
+Per row and phase the valid lanes form one run, filled from one vector load of the source row
+(a straight copy for stride 1, one constant one-source shuffle for stride 2, which LLVM lowers to
+`vpermt2ps`); the few border lanes are zeroed with scalar stores. Shuffles that mix in a zero
+vector or have odd lane counts are lowered by LLVM into scalar inserts, hence this split.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from tvm.script import tirx as T
 
 
-def lane_map(src_w: int, stride: int, pad_left: int, phase_w: int) -> list[int]:
-    """Source lane of every scratch lane; `src_w` selects the zero vector."""
-    out = []
+@dataclass(frozen=True)
+class PhaseRun:
+    """Valid lanes `[first, first + count)` of one column phase and their source columns."""
+
+    first: int
+    count: int
+    sources: tuple[int, ...]
+
+
+def phase_runs(src_w: int, stride: int, pad_left: int, phase_w: int) -> list[PhaseRun]:
+    runs = []
     for b in range(stride):
-        for j in range(phase_w):
-            col = stride * j + b - pad_left
-            out.append(col if 0 <= col < src_w else src_w)
-    return out
+        valid = [j for j in range(phase_w) if 0 <= stride * j + b - pad_left < src_w]
+        first = valid[0] if valid else 0
+        runs.append(PhaseRun(first, len(valid), tuple(stride * j + b - pad_left for j in valid)))
+    return runs
+
+
+def _phase_macro(b: int, run: PhaseRun, src_w: int, phase_w: int, pitch: int, identity: bool):
+    first, count, tail = run.first, run.count, phase_w - run.first - run.count
+    lanes = list(run.sources)
+    vector = count >= 2 and src_w >= 2
+
+    @T.macro
+    def phase(dst, dst_row, row_base, src, n, c, row):
+        for z in range(first):
+            dst[dst_row, row_base + b * phase_w + z] = T.float32(0)
+        for z in range(tail):
+            dst[dst_row, row_base + b * phase_w + first + count + z] = T.float32(0)
+        if vector:
+            if identity:
+                dst[dst_row, T.ramp(row_base + b * phase_w + first, 1, count)] = src[n, c, row, T.ramp(lanes[0], 1, count)]
+            else:
+                dst[dst_row, T.ramp(row_base + b * phase_w + first, 1, count)] = T.Shuffle([src[n, c, row, T.ramp(0, 1, src_w)]], lanes)
+        else:
+            for z in range(count):
+                dst[dst_row, row_base + b * phase_w + first + z] = src[n, c, row, lanes[0] + stride_of(lanes) * z]
+
+    return phase
+
+
+def stride_of(lanes: list[int]) -> int:
+    return lanes[1] - lanes[0] if len(lanes) > 1 else 1
 
 
 def make_fill(channels: int, src_h: int, src_w: int, stride: int, pad_top: int, pad_left: int, rows: int, phase_w: int):
     """A TVMScript macro `fill(dst, dst_row, base, src, n, q)` filling plane `q` of image `n`.
 
     `dst[dst_row, base + i * pitch + lane]` receives row `i`, lane `lane` of the plane.
+    Strides 1 and 2 (all MEST needs) get the vector path; see `phase_runs`.
     """
+    if stride not in (1, 2):
+        raise NotImplementedError(f"fill stage for stride {stride}")
     pitch = stride * phase_w
-    idx = lane_map(src_w, stride, pad_left, phase_w)
+    runs = phase_runs(src_w, stride, pad_left, phase_w)
+    ph0 = _phase_macro(0, runs[0], src_w, phase_w, pitch, stride == 1)
+    ph1 = _phase_macro(1, runs[-1], src_w, phase_w, pitch, False)
+    two = stride == 2
 
-    if src_w >= 2 and pitch >= 2:
-
-        @T.macro
-        def fill(dst, dst_row, base, src, n, q):
-            for i in range(rows):
-                if stride * i + q // channels - pad_top >= 0 and stride * i + q // channels - pad_top < src_h:
-                    dst[dst_row, T.ramp(base + i * pitch, 1, pitch)] = T.Shuffle(
-                        [src[n, q % channels, stride * i + q // channels - pad_top, T.ramp(0, 1, src_w)], T.Broadcast(T.float32(0), src_w)],
-                        idx,
-                    )
-                else:
-                    dst[dst_row, T.ramp(base + i * pitch, 1, pitch)] = T.Broadcast(T.float32(0), pitch)
-
-    else:  # degenerate widths: a scalar loop (vectors need two lanes)
-
-        @T.macro
-        def fill(dst, dst_row, base, src, n, q):
-            for i, lane in T.grid(rows, pitch):
-                dst[dst_row, base + i * pitch + lane] = T.if_then_else(
-                    stride * i + q // channels - pad_top >= 0
-                    and stride * i + q // channels - pad_top < src_h
-                    and stride * (lane % phase_w) + lane // phase_w - pad_left >= 0
-                    and stride * (lane % phase_w) + lane // phase_w - pad_left < src_w,
-                    src[n, q % channels, stride * i + q // channels - pad_top, stride * (lane % phase_w) + lane // phase_w - pad_left],
-                    T.float32(0),
-                )
+    @T.macro
+    def fill(dst, dst_row, base, src, n, q):
+        for i in range(rows):
+            if stride * i + q // channels - pad_top >= 0 and stride * i + q // channels - pad_top < src_h:
+                ph0(dst, dst_row, base + i * pitch, src, n, q % channels, stride * i + q // channels - pad_top)
+                if two:
+                    ph1(dst, dst_row, base + i * pitch, src, n, q % channels, stride * i + q // channels - pad_top)
+            else:
+                for z in range(pitch):
+                    dst[dst_row, base + i * pitch + z] = T.float32(0)
 
     return fill

@@ -7,12 +7,12 @@ import torch
 
 
 def as_numpy32(tensor: torch.Tensor) -> np.ndarray:
-    """A float32 NumPy copy of `tensor`.
+    """`tensor` as a float32 NumPy array (it may share memory: treat it as read-only).
 
     The reference computes every threshold and norm with NumPy on float32 arrays; doing the same
     is what makes our masks bit-identical to its masks (torch reduces in a different order).
     """
-    return tensor.detach().to(device="cpu", dtype=torch.float32).numpy().copy()
+    return tensor.detach().to(device="cpu", dtype=torch.float32).numpy()
 
 
 def threshold(values: np.ndarray, sparsity: float) -> np.floating:
