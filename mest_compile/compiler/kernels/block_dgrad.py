@@ -57,11 +57,12 @@ def block_dgrad(geo: ConvGeometry, rows: int) -> tirx.PrimFunc:
                 T.reads(DY[vn, vo, 0:OH, 0:OW])
                 T.writes(D[vn, vo * PLANE : vo * PLANE + PLANE])
                 fill(D, vn, vo * PLANE, DY, vn, vo)
-        for n, c, a, t in T.grid(N, C, s, TILES):
+        # Row tile outside channels: one tile's dy rows (all channels) stay in L1 across channels.
+        for n, t, a, c in T.grid(N, TILES, s, C):
             with T.sblock("dgrad"):
-                vn, vc, va, vt = T.axis.remap("SSSS", [n, c, a, t])
+                vn, vt, va, vc = T.axis.remap("SSSS", [n, t, a, c])
                 T.reads(TP[0 : C * s * s + 1], TB[0:cap], TO[0:cap], V[0:nnz, 0:4], D[vn, 0:DS])
-                T.writes(DX[vn, vc, 0:H, 0:W])
+                T.writes(DX[vn, vc, 0:H, 0:W])  # rows s*(t*rows + i) + a; a strided region is not expressible
                 acc = T.sblock_alloc_buffer((s, rows, QC), "float32", scope="local")
                 for b in T.unroll(s):
                     for i in T.unroll(rows):

@@ -40,6 +40,8 @@ def _phase_macro(b: int, run: PhaseRun, src_w: int, phase_w: int, pitch: int, id
     first, count, tail = run.first, run.count, phase_w - run.first - run.count
     lanes = list(run.sources)
     vector = count >= 2 and src_w >= 2
+    step = lanes[1] - lanes[0] if len(lanes) > 1 else 1
+    start = lanes[0] if lanes else 0
 
     @T.macro
     def phase(dst, dst_row, row_base, src, n, c, row):
@@ -54,13 +56,9 @@ def _phase_macro(b: int, run: PhaseRun, src_w: int, phase_w: int, pitch: int, id
                 dst[dst_row, T.ramp(row_base + b * phase_w + first, 1, count)] = T.Shuffle([src[n, c, row, T.ramp(0, 1, src_w)]], lanes)
         else:
             for z in range(count):
-                dst[dst_row, row_base + b * phase_w + first + z] = src[n, c, row, lanes[0] + stride_of(lanes) * z]
+                dst[dst_row, row_base + b * phase_w + first + z] = src[n, c, row, start + step * z]
 
     return phase
-
-
-def stride_of(lanes: list[int]) -> int:
-    return lanes[1] - lanes[0] if len(lanes) > 1 else 1
 
 
 def make_fill(channels: int, src_h: int, src_w: int, stride: int, pad_top: int, pad_left: int, rows: int, phase_w: int):
