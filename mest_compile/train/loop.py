@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 import dataclasses
 import pathlib
 import time
@@ -132,6 +133,8 @@ class Trainer:
         end = self.config.epochs if stop_after is None else min(self.config.epochs, self.start_epoch + stop_after)
         for epoch in range(self.start_epoch, end):
             record = self.run_epoch(epoch)
+            if self.progress:
+                _echo_epoch(record, self.config.epochs)
             self.history.append(record)
             report.append_metrics(self.run_dir, record)
             checkpoint.save_checkpoint(checkpoint.checkpoint_path(self.run_dir), self.state_dict(epoch))
@@ -270,10 +273,22 @@ class Trainer:
 
     @contextlib.contextmanager
     def _progress(self, batches: list[torch.Tensor], label: str) -> Iterator[Any]:
-        if not self.progress:
-            yield batches
-            return
         import click
 
-        with click.progressbar(batches, label=label, file=click.get_text_stream("stderr")) as bar:
+        stderr = sys.stderr
+        if not self.progress or not stderr.isatty():  # a log file gets the epoch lines only
+            yield batches
+            return
+        with click.progressbar(batches, label=label, file=stderr) as bar:
             yield bar
+
+
+def _echo_epoch(record: dict[str, Any], epochs: int) -> None:
+    import click
+
+    mutation = record["mutation"]
+    mutated = f"  mutation: stage {mutation['stage']} prune to {mutation['lower']} grow to {mutation['upper']}" if mutation else ""
+    removed = f"  removed {record['removed']} examples" if record["removed"] else ""
+    click.echo(f"epoch {record['epoch'] + 1}/{epochs}  loss {record['train_loss']:.4f}  train {100 * record['train_acc']:.2f}%"
+               f"  test {100 * record['test_acc']:.2f}%  sparsity {100 * record['sparsity']:.2f}%"
+               f"  {record['seconds']:.1f}s{mutated}{removed}", err=True)

@@ -1,0 +1,151 @@
+"""PyTorch ops calling the compiled block kernels: `torch.library` custom ops with autograd.
+
+`mest::block_conv2d(x, values, ...)` is differentiable in `x` and in the packed `values`
+(`(nnz, 4)`, gathered from the dense weight by `BlockFormat.values`), so the dense weight gets
+its gradient through the gather: exactly zero outside the mask. Tensors go to TVM zero-copy
+(DLPack). The ops work in eager mode and under `torch.compile`.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mest_compile.compiler.build import KernelGateError, block_kernels
+from mest_compile.compiler.formats.block import SCHEME, BlockFormat
+from mest_compile.compiler.formats.geometry import ConvGeometry
+from mest_compile.errors import MestError
+
+
+def _geometry(g: list[int]) -> ConvGeometry:
+    return ConvGeometry(*g)
+
+
+def _contig(t: Tensor) -> Tensor:
+    return t if t.is_contiguous() else t.contiguous()
+
+
+@torch.library.custom_op("mest::block_conv2d", mutates_args=())
+def block_conv2d(
+    x: Tensor, values: Tensor, group_ptr: Tensor, x_off: Tensor, dx_ptr: Tensor, dx_blk: Tensor, dx_off: Tensor,
+    geometry: list[int], target: str,
+) -> Tensor:
+    """Forward of the block-sparse conv; `geometry` is `ConvGeometry`'s fields in order."""
+    geo = _geometry(geometry)
+    y = x.new_empty(x.shape[0], geo.out_channels, geo.out_h, geo.out_w)
+    block_kernels(geo, target).forward(_contig(x), _contig(values), group_ptr, x_off, y)
+    return y
+
+
+@block_conv2d.register_fake
+def _(x, values, group_ptr, x_off, dx_ptr, dx_blk, dx_off, geometry, target):
+    geo = _geometry(geometry)
+    return x.new_empty(x.shape[0], geo.out_channels, geo.out_h, geo.out_w)
+
+
+@torch.library.custom_op("mest::block_conv2d_dgrad", mutates_args=())
+def block_conv2d_dgrad(
+    dy: Tensor, values: Tensor, dx_ptr: Tensor, dx_blk: Tensor, dx_off: Tensor, geometry: list[int], target: str
+) -> Tensor:
+    """Input gradient of `block_conv2d`."""
+    geo = _geometry(geometry)
+    dx = dy.new_empty(dy.shape[0], geo.in_channels, geo.in_h, geo.in_w)
+    block_kernels(geo, target).dgrad(_contig(dy), _contig(values), dx_ptr, dx_blk, dx_off, dx)
+    return dx
+
+
+@block_conv2d_dgrad.register_fake
+def _(dy, values, dx_ptr, dx_blk, dx_off, geometry, target):
+    geo = _geometry(geometry)
+    return dy.new_empty(dy.shape[0], geo.in_channels, geo.in_h, geo.in_w)
+
+
+@torch.library.custom_op("mest::block_conv2d_wgrad", mutates_args=())
+def block_conv2d_wgrad(x: Tensor, dy: Tensor, group_ptr: Tensor, x_off: Tensor, nnz: int, geometry: list[int], target: str) -> Tensor:
+    """Gradient of `block_conv2d` in its packed values, `(nnz, 4)`."""
+    geo = _geometry(geometry)
+    dv = x.new_empty(nnz, 4)
+    block_kernels(geo, target).wgrad(_contig(x), _contig(dy), group_ptr, x_off, dv)
+    return dv
+
+
+@block_conv2d_wgrad.register_fake
+def _(x, dy, group_ptr, x_off, nnz, geometry, target):
+    return x.new_empty(nnz, 4)
+
+
+def _setup(ctx, inputs, output) -> None:
+    x, values, group_ptr, x_off, dx_ptr, dx_blk, dx_off, geometry, target = inputs
+    ctx.save_for_backward(x, values, group_ptr, x_off, dx_ptr, dx_blk, dx_off)
+    ctx.geometry, ctx.target = geometry, target
+
+
+def _backward(ctx, dy):
+    x, values, group_ptr, x_off, dx_ptr, dx_blk, dx_off = ctx.saved_tensors
+    dy = dy.contiguous()
+    dx = dv = None
+    if ctx.needs_input_grad[0]:
+        dx = block_conv2d_dgrad(dy, values, dx_ptr, dx_blk, dx_off, ctx.geometry, ctx.target)
+    if ctx.needs_input_grad[1]:
+        dv = block_conv2d_wgrad(x, dy, group_ptr, x_off, values.shape[0], ctx.geometry, ctx.target)
+    return dx, dv, None, None, None, None, None, None, None
+
+
+block_conv2d.register_autograd(_backward, setup_context=_setup)
+
+
+def _pair(v: int | tuple[int, int], what: str) -> int:
+    if isinstance(v, int):
+        return v
+    a, b = v
+    if a != b:
+        raise MestError(f"compiled block conv needs a symmetric {what}, got {v}")
+    return int(a)
+
+
+def geometry_list(geo: ConvGeometry) -> list[int]:
+    return [geo.in_channels, geo.in_h, geo.in_w, geo.out_channels, geo.kernel_h, geo.kernel_w, geo.stride, geo.padding]
+
+
+def block_conv2d_packed(x: Tensor, weight: Tensor, fmt: BlockFormat, target: str = "host") -> Tensor:
+    """`conv2d(x, weight * mask)` for the mask packed in `fmt` (no repacking, no bias)."""
+    values = fmt.values(weight)
+    return block_conv2d(
+        x, values, fmt.group_ptr, fmt.x_off, fmt.dx_ptr, fmt.dx_blk, fmt.dx_off, geometry_list(fmt.geometry), target
+    )
+
+
+def sparse_conv2d(
+    x: Tensor,
+    weight: Tensor,
+    mask: Tensor,
+    *,
+    scheme: str = SCHEME,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    target: str = "host",
+) -> Tensor:
+    """Compiled `F.conv2d(x, weight * mask, stride=stride, padding=padding)`.
+
+    Differentiable in `x` and `weight`; the weight gradient is zero outside `mask`. The layer's
+    kernels are compiled and gated on first use (seconds) and cached for the process. If they
+    fail the correctness gate, a warning says so and the masked dense conv is used instead.
+
+    Example:
+        >>> y = sparse_conv2d(x, w, mask, scheme="free_block_prune_column_4", padding=1)
+    """
+    if scheme != SCHEME:
+        raise MestError(f"no compiled kernels for scheme {scheme!r} yet; compiled: {SCHEME}")
+    if x.dtype != torch.float32 or weight.dtype != torch.float32 or x.device.type != "cpu":
+        raise MestError("compiled sparse conv takes float32 CPU tensors")
+    s, p = _pair(stride, "stride"), _pair(padding, "padding")
+    geo = ConvGeometry.of(tuple(x.shape), tuple(weight.shape), s, p)
+    try:
+        block_kernels(geo, target)
+    except KernelGateError as err:
+        warnings.warn(f"{err}; using the masked dense conv for this layer", stacklevel=2)
+        return F.conv2d(x, weight * mask, stride=s, padding=p)
+    return block_conv2d_packed(x, weight, BlockFormat.pack(mask, geo), target)

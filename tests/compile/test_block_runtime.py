@@ -1,0 +1,98 @@
+"""Runtime behaviour: cache and repacking, torch.compile, the gate's refusal, module backends."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mest_compile.compiler import build
+from mest_compile.compiler.backend import compile_block_layers
+from mest_compile.compiler.formats import BlockFormat, ConvGeometry
+from mest_compile.compiler.gate import random_block_mask
+from mest_compile.compiler.ops import block_conv2d, block_conv2d_packed, geometry_list, sparse_conv2d
+from mest_compile.sparsity.module import SparseConv2d
+
+SCHEME = "free_block_prune_column_4"
+GEO = ConvGeometry(8, 8, 8, 16, 3, 3, stride=1, padding=1)
+
+
+def _mask(seed, density=0.3):
+    return random_block_mask(16, (8, 3, 3), density, torch.Generator().manual_seed(seed))
+
+
+def test_repack_within_capacity_reuses_the_compiled_kernels():
+    w, x = torch.randn(16, 8, 3, 3), torch.randn(2, 8, 8, 8)
+    fmt = BlockFormat.pack(_mask(0), GEO, capacity=200)
+    block_conv2d_packed(x, w, fmt)
+    builds, reuses = build.STATS.builds, build.STATS.reuses
+    for seed in (1, 2, 3):
+        mask = _mask(seed, 0.2 + 0.1 * seed)
+        fmt.repack_(mask)
+        y = block_conv2d_packed(x, w, fmt)
+        assert torch.allclose(y, F.conv2d(x, w * mask, padding=1), atol=1e-4)
+    assert build.STATS.builds == builds
+    assert build.STATS.reuses >= reuses + 3
+
+
+def test_torch_compile_fullgraph():
+    w = torch.randn(16, 8, 3, 3, requires_grad=True)
+    x = torch.randn(2, 8, 8, 8, requires_grad=True)
+    mask = _mask(4)
+    fmt = BlockFormat.pack(mask, GEO)
+    fn = torch.compile(lambda x, w: block_conv2d_packed(x, w, fmt).square().sum(), fullgraph=True)
+    fn(x, w).backward()
+    xr, wr = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    F.conv2d(xr, wr * mask, padding=1).square().sum().backward()
+    assert torch.allclose(x.grad, xr.grad, atol=1e-3)
+    assert torch.allclose(w.grad, wr.grad, atol=1e-3)
+
+
+def test_opcheck():
+    fmt = BlockFormat.pack(_mask(5), GEO)
+    values = fmt.values(torch.randn(16, 8, 3, 3)).requires_grad_()
+    args = (torch.randn(2, 8, 8, 8, requires_grad=True), values, fmt.group_ptr, fmt.x_off, fmt.dx_ptr, fmt.dx_blk, fmt.dx_off,
+            geometry_list(GEO), "host")
+    torch.library.opcheck(block_conv2d, args)
+
+
+def test_a_kernel_failing_the_gate_is_never_used(monkeypatch):
+    geo = ConvGeometry(4, 6, 6, 8, 3, 3, stride=1, padding=1)
+    real = build.compile_block_kernels
+
+    def broken(*args, **kwargs):
+        kernels = real(*args, **kwargs)
+        good = kernels.forward
+        kernels.forward = lambda x, v, gp, xo, y: (good(x, v, gp, xo, y), y.mul_(1.01))
+        return kernels
+
+    monkeypatch.setattr(build, "compile_block_kernels", broken)
+    build.clear_cache()
+    try:
+        with pytest.raises(build.KernelGateError, match="correctness gate"):
+            build.block_kernels(geo)
+        x, w = torch.randn(2, 4, 6, 6), torch.randn(8, 4, 3, 3)
+        mask = random_block_mask(8, (4, 3, 3), 0.5, torch.Generator().manual_seed(0))
+        with pytest.warns(UserWarning, match="masked dense conv"):
+            y = sparse_conv2d(x, w, mask, scheme=SCHEME, padding=1)
+        assert torch.allclose(y, F.conv2d(x, w * mask, padding=1))
+    finally:
+        build.clear_cache()
+
+
+def test_module_backend_repacks_after_a_mutation():
+    torch.manual_seed(0)
+    conv = SparseConv2d.from_dense(nn.Conv2d(8, 16, 3, padding=1, bias=True), SCHEME, sparsity=0.8)
+    assert compile_block_layers(nn.Sequential(conv)) == {"0": "compiled"}
+    x = torch.randn(2, 8, 8, 8)
+    assert torch.allclose(conv(x), conv.to_dense()(x), atol=1e-4)
+    builds = build.STATS.builds
+    for sparsity, regrows in ((0.5, 1), (0.9, 1)):  # denser than the capacity: new buffers; then in place
+        conv.set_mask_(conv.scheme.prune(torch.randn(16, 8, 3, 3), sparsity))
+        with torch.no_grad():
+            conv.weight.add_(torch.randn_like(conv.weight)).mul_(conv.mask)
+        assert torch.allclose(conv(x), conv.to_dense()(x), atol=1e-4)
+        assert conv.backend.stats.regrows == regrows
+    assert conv.backend.stats.repacks == 2
+    assert build.STATS.builds == builds
