@@ -81,20 +81,7 @@ class SparseConv2d(nn.Conv2d):
             raise MestError("from_dense takes a mask or a sparsity, not both")
         if not isinstance(conv, nn.Conv2d):
             raise MestError(f"from_dense needs an nn.Conv2d, got {type(conv).__name__}")
-        new = cls(
-            conv.in_channels,
-            conv.out_channels,
-            conv.kernel_size,
-            stride=conv.stride,
-            padding=conv.padding,
-            dilation=conv.dilation,
-            groups=conv.groups,
-            bias=conv.bias is not None,
-            padding_mode=conv.padding_mode,
-            device=conv.weight.device,
-            dtype=conv.weight.dtype,
-            scheme=scheme,
-        )
+        new = cls(**_conv_arguments(conv), scheme=scheme)
         with torch.no_grad():
             weight = conv.weight * conv.mask if isinstance(conv, SparseConv2d) else conv.weight
             new.weight.copy_(weight)
@@ -109,19 +96,7 @@ class SparseConv2d(nn.Conv2d):
 
     def to_dense(self) -> nn.Conv2d:
         """A plain `nn.Conv2d` holding `weight * mask`."""
-        dense = nn.Conv2d(
-            self.in_channels,
-            self.out_channels,
-            self.kernel_size,
-            stride=self.stride,
-            padding=self.padding,
-            dilation=self.dilation,
-            groups=self.groups,
-            bias=self.bias is not None,
-            padding_mode=self.padding_mode,
-            device=self.weight.device,
-            dtype=self.weight.dtype,
-        )
+        dense = nn.Conv2d(**_conv_arguments(self))
         with torch.no_grad():
             dense.weight.copy_(self.weight * self.mask)
             if self.bias is not None:
@@ -179,6 +154,16 @@ class SparseConv2d(nn.Conv2d):
         if not bool(self.mask.all()) and not scheme.is_legal(self.mask):
             raise MestError(f"loaded mask is not legal for scheme {scheme.name!r}")
         self.mask_version += 1
+
+
+def _conv_arguments(conv: nn.Conv2d) -> dict[str, Any]:
+    """The constructor arguments that rebuild `conv`'s geometry on its device and dtype."""
+    return {
+        "in_channels": conv.in_channels, "out_channels": conv.out_channels, "kernel_size": conv.kernel_size,
+        "stride": conv.stride, "padding": conv.padding, "dilation": conv.dilation, "groups": conv.groups,
+        "bias": conv.bias is not None, "padding_mode": conv.padding_mode,
+        "device": conv.weight.device, "dtype": conv.weight.dtype,
+    }
 
 
 def _weight_name(module_name: str) -> str:
