@@ -63,9 +63,13 @@ def plot_history(run_dir: pathlib.Path, history: Sequence[dict[str, Any]]) -> pa
     acc_ax.grid(alpha=0.3)
     sp_ax.plot(epochs, [100 * r["sparsity"] for r in history], label="sparse layers (after update)")
     sp_ax.plot(epochs, [100 * r["model_sparsity"] for r in history], label="all conv/linear weights")
+    pruned = [(r["epoch"], _pruned_sparsity(r["mutation"])) for r in history if r.get("mutation")]
+    if pruned:  # the Elastic Mutation's dip: how sparse the layers were between prune and grow
+        sp_ax.scatter(*zip(*[(e, 100 * s) for e, s in pruned]), marker="v", s=18, color="C3",
+                      label="after prune (mutation)", zorder=3)
     sp_ax.set_ylabel("sparsity (%)")
     sp_ax.set_xlabel("epoch")
-    sp_ax.legend(loc="lower right")
+    sp_ax.legend(loc="best", fontsize="small")
     sp_ax.grid(alpha=0.3)
     fig.tight_layout()
     path = run_dir / PLOT
@@ -74,3 +78,10 @@ def plot_history(run_dir: pathlib.Path, history: Sequence[dict[str, Any]]) -> pa
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+def _pruned_sparsity(mutation: dict[str, Any]) -> float:
+    """Sparsity over the mutated layers right after the prune, weighted by layer size."""
+    layers = mutation["layers"].values()
+    total = sum(layer["size"] for layer in layers)
+    return sum(layer["size"] * layer["sparsity_after_prune"] for layer in layers) / total if total else 0.0
