@@ -8,13 +8,16 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/mest-compile
-COPY pyproject.toml README.md Makefile ./
+COPY pyproject.toml setup.py README.md Makefile ./
 COPY mest_compile ./mest_compile
 COPY targets ./targets
 COPY schedules ./schedules
 
-# The CPU wheel of torch first, so the dependency resolver does not pull the CUDA build.
-RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
+# torch first, so the dependency resolver keeps it. Pass the CPU wheel index of PyTorch as
+# TORCH_INDEX to avoid the CUDA build (several GB): docker build --build-arg TORCH_INDEX=... .
+ARG TORCH_SPEC=torch==2.13.0
+ARG TORCH_INDEX=
+RUN pip install --no-cache-dir "${TORCH_SPEC}" ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} \
  && pip install --no-cache-dir .
 
 # Two CPU threads for TVM's pool unless the user says otherwise (TVM counts physical cores).
