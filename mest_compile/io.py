@@ -31,7 +31,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]:
         raise
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO], None], mode: str = "wb") -> None:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO], object], mode: str = "wb") -> None:
     """Call `write(handle)` on a temporary file and move it onto `path` when it succeeds."""
     with atomic_open(path, mode) as handle:
         write(handle)

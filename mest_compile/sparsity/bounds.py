@@ -47,7 +47,7 @@ def _parse_decay(text: str | int, what: str) -> tuple[int, ...]:
         parts: list[str] = [str(int(raw))]
     except ValueError:
         parts = raw.split("-")
-    epochs = []
+    epochs: list[int] = []
     for part in parts:
         try:
             epoch = int(part)

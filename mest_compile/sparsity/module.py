@@ -85,7 +85,7 @@ class SparseConv2d(nn.Conv2d):
         with torch.no_grad():
             weight = conv.weight * conv.mask if isinstance(conv, SparseConv2d) else conv.weight
             new.weight.copy_(weight)
-            if conv.bias is not None:
+            if conv.bias is not None and new.bias is not None:
                 new.bias.copy_(conv.bias)
         new.train(conv.training)
         if sparsity is not None:
@@ -99,7 +99,7 @@ class SparseConv2d(nn.Conv2d):
         dense = nn.Conv2d(**_conv_arguments(self))
         with torch.no_grad():
             dense.weight.copy_(self.weight * self.mask)
-            if self.bias is not None:
+            if self.bias is not None and dense.bias is not None:
                 dense.bias.copy_(self.bias)
         dense.train(self.training)
         return dense

@@ -24,14 +24,14 @@ from mest_compile.sparsity.compat import Compat
 from mest_compile.sparsity.module import SparseConv2d
 from mest_compile.sparsity.scores import SCORES
 
-MomentumPolicy = Callable[[torch.optim.Optimizer | None, torch.nn.Parameter, torch.Tensor], None]
+MomentumPolicy = Callable[[torch.optim.Optimizer | None, torch.Tensor, torch.Tensor], None]
 # What happens to optimizer state when a mask changes; called with the prune survivors.
 MOMENTUM_POLICIES: Registry[MomentumPolicy] = Registry("regrow momentum policy")
 
 
 @MOMENTUM_POLICIES.register("reset")
 @torch.no_grad()
-def _reset_state(optimizer: torch.optim.Optimizer | None, param: torch.nn.Parameter, survivors: torch.Tensor) -> None:
+def _reset_state(optimizer: torch.optim.Optimizer | None, param: torch.Tensor, survivors: torch.Tensor) -> None:
     """Zero every param-shaped state tensor (momentum, Adam moments) outside the survivors.
 
     Zeroing outside the prune survivors (not just outside the new mask) also clears weights that
@@ -45,7 +45,7 @@ def _reset_state(optimizer: torch.optim.Optimizer | None, param: torch.nn.Parame
 
 
 @MOMENTUM_POLICIES.register("keep")
-def _keep_state(optimizer: torch.optim.Optimizer | None, param: torch.nn.Parameter, survivors: torch.Tensor) -> None:
+def _keep_state(optimizer: torch.optim.Optimizer | None, param: torch.Tensor, survivors: torch.Tensor) -> None:
     """The reference: optimizer state is never touched (MEST_SPEC 2.1, step 4)."""
 
 

@@ -177,8 +177,7 @@ def looks_like_mest_kernel_space(profile: Mapping[str, float]) -> bool:
 
     Such a file fed as overall sparsity trains far denser than its name says; see MEST_SPEC 1.3.
     """
-    values = profile.ratios.values() if isinstance(profile, Profile) else profile.values()
-    values = list(values)
+    values = list(profile.ratios.values() if isinstance(profile, Profile) else profile.values())
     return bool(values) and all(any(math.isclose(v, k, abs_tol=1e-9) for k in _MEST_KERNEL_VALUES) for v in values)
 
 

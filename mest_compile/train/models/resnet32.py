@@ -42,7 +42,7 @@ class BasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        shortcut = x if self.downsample is None else self.bn3(self.downsample(x))
+        shortcut = x if self.downsample is None or self.bn3 is None else self.bn3(self.downsample(x))
         return F.relu(out + shortcut)
 
 
