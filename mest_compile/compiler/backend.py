@@ -11,10 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from mest_compile.compiler.build import KernelGateError, block_kernels
+from mest_compile.compiler.build import BlockKernels, KernelGateError, block_kernels
 from mest_compile.compiler.formats.block import SCHEME, BlockFormat
 from mest_compile.compiler.formats.geometry import ConvGeometry
 from mest_compile.compiler.ops import block_conv2d_packed
@@ -43,10 +42,13 @@ class BlockConvBackend:
         self._geometry: ConvGeometry | None = None
         self._failed: str | None = None
 
-    def _format(self, module: nn.Module, geo: ConvGeometry) -> BlockFormat:
+    # Packing reads the mask's structure (data-dependent): keep torch.compile out of it; the
+    # compiled graph breaks here and resumes at the custom op.
+    @torch.compiler.disable
+    def _format(self, module: nn.Module, geo: ConvGeometry, kernels: BlockKernels) -> BlockFormat:
         if self._fmt is None or self._geometry != geo:
             kept = int(module.mask[::4].sum())
-            self._fmt = BlockFormat.pack(module.mask, geo, capacity=max(1, int(kept * _HEADROOM)))
+            self._fmt = kernels.pack(module.mask, capacity=max(1, int(kept * _HEADROOM)))
             self._geometry, self._version = geo, module.mask_version
             self.stats.packs += 1
         elif self._version != module.mask_version:
@@ -54,23 +56,28 @@ class BlockConvBackend:
                 self._fmt.repack_(module.mask)
             else:
                 kept = int(module.mask[::4].sum())
-                self._fmt = BlockFormat.pack(module.mask, geo, capacity=int(kept * _HEADROOM) + 1)
+                self._fmt = kernels.pack(module.mask, capacity=int(kept * _HEADROOM) + 1)
                 self.stats.regrows += 1
             self._version = module.mask_version
             self.stats.repacks += 1
         return self._fmt
 
-    def __call__(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        geo = ConvGeometry.of(tuple(x.shape), tuple(module.weight.shape), module.stride[0], module.padding[0])
+    @torch.compiler.disable
+    def _kernels(self, geo: ConvGeometry) -> BlockKernels | None:
         if self._failed is None:
             try:
-                block_kernels(geo, self.target)
+                return block_kernels(geo, self.target)
             except KernelGateError as err:
                 self._failed = str(err)
-        if self._failed is not None:
+        return None
+
+    def __call__(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        geo = ConvGeometry.of(tuple(x.shape), tuple(module.weight.shape), module.stride[0], module.padding[0])
+        kernels = self._kernels(geo)
+        if kernels is None:
             self.stats.dense_fallbacks += 1
             return module._conv_forward(x, module.weight * module.mask, module.bias)
-        y = block_conv2d_packed(x, module.weight, self._format(module, geo), self.target)
+        y = block_conv2d_packed(x, module.weight, self._format(module, geo, kernels), self.target)
         if module.bias is not None:
             y = y + module.bias[None, :, None, None]
         return y

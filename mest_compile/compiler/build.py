@@ -7,11 +7,14 @@ that fails the gate is cached as failed and never returned.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 import tvm
 
 from mest_compile.compiler.formats.block import SCHEME
@@ -39,13 +42,24 @@ class BlockKernels:
     dgrad: Any
     wgrad: Any
     executables: dict[str, Any] = field(repr=False)
+    modules: dict[str, Any] = field(repr=False, default_factory=dict)
     build_seconds: float = 0.0
     gate_seconds: float = 0.0
     gate_errors: dict[str, float] = field(default_factory=dict)
 
+    def pack(self, mask, capacity: int | None = None):
+        """Pack `mask` in the layout these kernels read (a `BlockFormat`)."""
+        from mest_compile.compiler.formats.block import BlockFormat
+
+        return BlockFormat.pack(mask, self.geometry, capacity, chunk_groups=self.tiles.dgrad_chunk)
+
     def source(self, which: str = "forward", kind: str = "asm") -> str:
-        """Generated code of one kernel (`kind`: "asm" or "ll")."""
+        """Generated code of one kernel (`which`: forward, dgrad, wgrad; `kind`: "asm" or "ll")."""
         return self.executables[which].mod.inspect_source(kind)
+
+    def tir(self, which: str = "forward") -> str:
+        """The scheduled TIR of one kernel, as TVMScript."""
+        return self.modules[which].script()
 
 
 @dataclass
@@ -70,8 +84,8 @@ def compile_block_kernels(geo: ConvGeometry, target: Any = "host", tiles: BlockT
     start = time.perf_counter()
     mods = {
         "forward": schedule_forward(block_forward(geo, tiles.fwd_rows)),
-        "dgrad": schedule_dgrad(block_dgrad(geo, tiles.dgrad_rows)),
-        "wgrad": schedule_wgrad(block_wgrad(geo, tiles.wgrad_cols, tiles.wgrad_slots)),
+        "dgrad": schedule_dgrad(block_dgrad(geo, tiles.dgrad_rows, tiles.dgrad_chunk)),
+        "wgrad": schedule_wgrad(block_wgrad(geo, tiles.wgrad_cols, tiles.wgrad_slots, tiles.wgrad_images)),
     }
     exes = {name: tvm.compile(mod, target=tgt) for name, mod in mods.items()}
     return BlockKernels(
@@ -82,6 +96,7 @@ def compile_block_kernels(geo: ConvGeometry, target: Any = "host", tiles: BlockT
         dgrad=exes["dgrad"]["block_dgrad"],
         wgrad=exes["wgrad"]["block_wgrad"],
         executables=exes,
+        modules=mods,
         build_seconds=time.perf_counter() - start,
     )
 
@@ -99,6 +114,8 @@ def block_kernels(geo: ConvGeometry, target: Any = "host") -> BlockKernels:
     with _LOCK:
         hit = _CACHE.get(key)
         if hit is None:
+            if STATS.builds == 0 and (reason := check_thread_environment()):
+                warnings.warn(reason, stacklevel=3)
             kernels = compile_block_kernels(geo, tgt)
             STATS.builds += 1
             STATS.build_seconds += kernels.build_seconds
@@ -118,5 +135,23 @@ def block_kernels(geo: ConvGeometry, target: Any = "host") -> BlockKernels:
 
 def clear_cache() -> None:
     """Forget every compiled kernel (tests)."""
+    from mest_compile.compiler import ops
+
     with _LOCK:
         _CACHE.clear()
+        ops._FAST.clear()
+
+
+def check_thread_environment() -> str | None:
+    """Why PyTorch's OpenMP threads may starve the kernels' thread pool, or None.
+
+    After a parallel PyTorch op, libgomp's workers spin (by default) while TVM's pool starts the
+    kernel on the same cores; measured here, a 0.6 ms kernel then took 2-4 ms (a scheduler tick).
+    `OMP_WAIT_POLICY=PASSIVE` (read when torch loads, so set it before importing torch) fixes it.
+    """
+    if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE" or torch.get_num_threads() == 1:
+        return None
+    return (
+        "OMP_WAIT_POLICY is not PASSIVE: PyTorch's spinning OpenMP threads can slow compiled "
+        "kernels several-fold; set OMP_WAIT_POLICY=PASSIVE before importing torch"
+    )

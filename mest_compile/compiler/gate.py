@@ -12,7 +12,6 @@ import time
 import torch
 import torch.nn.functional as F
 
-from mest_compile.compiler.formats.block import BlockFormat
 
 # float32 sums of a few hundred products: errors far below this are rounding, above are bugs.
 _RTOL = 1e-4
@@ -45,7 +44,7 @@ def check_block_kernels(kernels, batch: int = 3, seed: int = 0) -> None:
     x = torch.randn(batch, geo.in_channels, geo.in_h, geo.in_w, generator=gen)
     w = torch.randn(geo.out_channels, geo.in_channels, geo.kernel_h, geo.kernel_w, generator=gen)
     mask = random_block_mask(geo.out_channels, tuple(w.shape[1:]), 0.4, gen)
-    fmt = BlockFormat.pack(mask, geo, capacity=int(mask[::4].sum()) + 7)
+    fmt = kernels.pack(mask, capacity=int(mask[::4].sum()) + 7)
     dy = torch.randn(batch, geo.out_channels, geo.out_h, geo.out_w, generator=gen)
 
     wm = (w * mask).requires_grad_(True)

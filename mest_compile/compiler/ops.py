@@ -14,18 +14,46 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mest_compile.compiler.build import KernelGateError, block_kernels
+from mest_compile.compiler.build import STATS, KernelGateError, block_kernels
 from mest_compile.compiler.formats.block import SCHEME, BlockFormat
 from mest_compile.compiler.formats.geometry import ConvGeometry
 from mest_compile.errors import MestError
 
 
 def _geometry(g: list[int]) -> ConvGeometry:
-    return ConvGeometry(*g)
+    return ConvGeometry(*g[:8])
+
+
+_FAST: dict[tuple, object] = {}  # (geometry list, target) -> kernels: the per-call lookup
+
+
+def _kernels(g: list[int], target: str):
+    """The cached kernels for a geometry list, checked against the format's dgrad chunking."""
+    key = (*g, target)
+    kernels = _FAST.get(key)
+    if kernels is not None:
+        STATS.reuses += 1
+        return kernels
+    kernels = block_kernels(_geometry(g), target)
+    if kernels.tiles.dgrad_chunk != g[8]:
+        raise MestError(
+            f"format packed with {g[8]} groups per input-gradient chunk, the kernels expect "
+            f"{kernels.tiles.dgrad_chunk}: pack it with `kernels.pack(mask)`"
+        )
+    _FAST[key] = kernels
+    return kernels
 
 
 def _contig(t: Tensor) -> Tensor:
-    return t if t.is_contiguous() else t.contiguous()
+    """`t` with exactly row-major strides, which TVM checks (torch's `is_contiguous` ignores the
+    strides of size-0 and size-1 dimensions, e.g. the expanded gradient of `y.sum()`)."""
+    expected, step = [], 1
+    for size in reversed(t.shape):
+        expected.append(step)
+        step *= size
+    if tuple(t.stride()) == tuple(reversed(expected)):
+        return t
+    return torch.empty(t.shape, dtype=t.dtype, device=t.device).copy_(t)
 
 
 @torch.library.custom_op("mest::block_conv2d", mutates_args=())
@@ -33,10 +61,10 @@ def block_conv2d(
     x: Tensor, values: Tensor, group_ptr: Tensor, x_off: Tensor, dx_ptr: Tensor, dx_blk: Tensor, dx_off: Tensor,
     geometry: list[int], target: str,
 ) -> Tensor:
-    """Forward of the block-sparse conv; `geometry` is `ConvGeometry`'s fields in order."""
+    """Forward of the block-sparse conv; `geometry` is `geometry_list(fmt)`."""
     geo = _geometry(geometry)
     y = x.new_empty(x.shape[0], geo.out_channels, geo.out_h, geo.out_w)
-    block_kernels(geo, target).forward(_contig(x), _contig(values), group_ptr, x_off, y)
+    _kernels(geometry, target).forward(_contig(x), _contig(values), group_ptr, x_off, y)
     return y
 
 
@@ -53,7 +81,7 @@ def block_conv2d_dgrad(
     """Input gradient of `block_conv2d`."""
     geo = _geometry(geometry)
     dx = dy.new_empty(dy.shape[0], geo.in_channels, geo.in_h, geo.in_w)
-    block_kernels(geo, target).dgrad(_contig(dy), _contig(values), dx_ptr, dx_blk, dx_off, dx)
+    _kernels(geometry, target).dgrad(_contig(dy), _contig(values), dx_ptr, dx_blk, dx_off, dx)
     return dx
 
 
@@ -68,7 +96,7 @@ def block_conv2d_wgrad(x: Tensor, dy: Tensor, group_ptr: Tensor, x_off: Tensor, 
     """Gradient of `block_conv2d` in its packed values, `(nnz, 4)`."""
     geo = _geometry(geometry)
     dv = x.new_empty(nnz, 4)
-    block_kernels(geo, target).wgrad(_contig(x), _contig(dy), group_ptr, x_off, dv)
+    _kernels(geometry, target).wgrad(_contig(x), _contig(dy), group_ptr, x_off, dv)
     return dv
 
 
@@ -85,7 +113,6 @@ def _setup(ctx, inputs, output) -> None:
 
 def _backward(ctx, dy):
     x, values, group_ptr, x_off, dx_ptr, dx_blk, dx_off = ctx.saved_tensors
-    dy = dy.contiguous()
     dx = dv = None
     if ctx.needs_input_grad[0]:
         dx = block_conv2d_dgrad(dy, values, dx_ptr, dx_blk, dx_off, ctx.geometry, ctx.target)
@@ -106,16 +133,20 @@ def _pair(v: int | tuple[int, int], what: str) -> int:
     return int(a)
 
 
-def geometry_list(geo: ConvGeometry) -> list[int]:
-    return [geo.in_channels, geo.in_h, geo.in_w, geo.out_channels, geo.kernel_h, geo.kernel_w, geo.stride, geo.padding]
+def geometry_list(fmt: BlockFormat) -> list[int]:
+    """What the ops take as `geometry`: the layer's `ConvGeometry` fields and the format's chunking."""
+    geo = fmt.geometry
+    return [geo.in_channels, geo.in_h, geo.in_w, geo.out_channels, geo.kernel_h, geo.kernel_w, geo.stride, geo.padding,
+            fmt.chunk_groups]
 
 
 def block_conv2d_packed(x: Tensor, weight: Tensor, fmt: BlockFormat, target: str = "host") -> Tensor:
-    """`conv2d(x, weight * mask)` for the mask packed in `fmt` (no repacking, no bias)."""
+    """`conv2d(x, weight * mask)` for the mask packed in `fmt` (no repacking, no bias).
+
+    `fmt` must come from `block_kernels(geometry, target).pack(mask)` (or be repacked from one).
+    """
     values = fmt.values(weight)
-    return block_conv2d(
-        x, values, fmt.group_ptr, fmt.x_off, fmt.dx_ptr, fmt.dx_blk, fmt.dx_off, geometry_list(fmt.geometry), target
-    )
+    return block_conv2d(x, values, fmt.group_ptr, fmt.x_off, fmt.dx_ptr, fmt.dx_blk, fmt.dx_off, geometry_list(fmt), target)
 
 
 def sparse_conv2d(
@@ -144,8 +175,8 @@ def sparse_conv2d(
     s, p = _pair(stride, "stride"), _pair(padding, "padding")
     geo = ConvGeometry.of(tuple(x.shape), tuple(weight.shape), s, p)
     try:
-        block_kernels(geo, target)
+        kernels = block_kernels(geo, target)
     except KernelGateError as err:
         warnings.warn(f"{err}; using the masked dense conv for this layer", stacklevel=2)
         return F.conv2d(x, weight * mask, stride=s, padding=p)
-    return block_conv2d_packed(x, weight, BlockFormat.pack(mask, geo), target)
+    return block_conv2d_packed(x, weight, kernels.pack(mask), target)

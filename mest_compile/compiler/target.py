@@ -15,7 +15,9 @@ from mest_compile.errors import MestError
 _HOST = {"kind": "llvm", "mcpu": "native"}
 
 
-def _preset(name: str) -> dict | None:
+@lru_cache(maxsize=None)
+def _preset_text(name: str) -> str | None:
+    """The preset file's text (read once per process)."""
     try:
         from importlib.resources import files
 
@@ -25,7 +27,12 @@ def _preset(name: str) -> dict | None:
         if not path.is_file():
             return None
         text = path.read_text()
-    return json.loads(text)["target"]
+    return text
+
+
+def _preset(name: str) -> dict | None:
+    text = _preset_text(name)
+    return None if text is None else json.loads(text)["target"]
 
 
 def threads() -> int:
@@ -49,10 +56,15 @@ def resolve_target(target: str | dict | tvm.target.Target = "host") -> tvm.targe
     if isinstance(target, tvm.target.Target):
         return target
     if isinstance(target, str):
-        spec = _preset(target) or (dict(_HOST) if target == "host" else None)
-        if spec is None:
-            raise MestError(f"unknown target preset {target!r}")
-        target = spec
+        return _resolve_name(target)
     if not isinstance(target, dict):
         raise MestError(f"a target is a preset name, a dict or a tvm Target, got {target!r}")
     return _resolve(json.dumps(target, sort_keys=True))
+
+
+@lru_cache(maxsize=None)
+def _resolve_name(target: str) -> tvm.target.Target:
+    spec = _preset(target) or (dict(_HOST) if target == "host" else None)
+    if spec is None:
+        raise MestError(f"unknown target preset {target!r}")
+    return _resolve(json.dumps(spec, sort_keys=True))

@@ -44,6 +44,12 @@ GEOMETRIES = [
     (6, 5, 5, 4, 1, 1, 0),
     (3, 4, 4, 8, 3, 1, 2),
     (4, 1, 6, 4, 1, 1, 0),
+    # rows wider than 16: one unaligned gradient-scratch copy instead of one per shift
+    (3, 5, 21, 8, 3, 1, 1),
+    (2, 6, 40, 8, 3, 2, 1),
+    # many filter groups: the input gradient sums them in several chunks
+    (2, 8, 8, 64, 3, 1, 1),
+    (3, 6, 10, 128, 3, 2, 1),
 ]
 
 
@@ -92,3 +98,48 @@ def test_random_layers(c, hw, groups, k, s, p, density, n, seed):
     kept = torch.rand(groups, c * k * k, generator=gen) < density
     mask = kept[:, None, :].expand(groups, 4, -1).reshape(o, c, k, k)
     check(x, w, mask, s, p)
+
+
+@pytest.mark.parametrize(
+    "cin,cout,size,stride", [(32, 32, 32, 1), (32, 64, 32, 2), (64, 64, 16, 1), (64, 128, 16, 2), (128, 128, 8, 1)]
+)
+def test_mest_resnet32_layers(cin, cout, size, stride):
+    """The five distinct sparse convs of MEST's wide ResNet-32, at 90% block sparsity."""
+    gen = torch.Generator().manual_seed(cin + cout + size)
+    x = torch.randn(2, cin, size, size, generator=gen)
+    w = torch.randn(cout, cin, 3, 3, generator=gen)
+    check(x, w, random_block_mask(cout, (cin, 3, 3), 0.1, gen), stride, 1)
+
+
+def test_chunked_input_gradient_is_exercised():
+    from mest_compile.compiler.build import block_kernels
+    from mest_compile.compiler.formats import ConvGeometry
+
+    kernels = block_kernels(ConvGeometry(2, 8, 8, 64, 3, 3, 1, 1))
+    assert kernels.tiles.dgrad_chunk < 64 // 4
+
+
+@pytest.mark.parametrize("case", ["empty_batch", "sum_gradient", "channels_last", "transposed_gradient"])
+def test_layouts_and_degenerate_inputs(case):
+    """Inputs TVM would reject as non-compact, and a batch of zero images."""
+    gen = torch.Generator().manual_seed(11)
+    w = torch.randn(8, 4, 3, 3, generator=gen, requires_grad=True)
+    mask = random_block_mask(8, (4, 3, 3), 0.5, gen)
+    n = {"empty_batch": 0, "sum_gradient": 1}.get(case, 3)
+    x = torch.randn(n, 4, 6, 6, generator=gen)
+    if case == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    x.requires_grad_()
+    y = sparse_conv2d(x, w, mask, scheme=SCHEME, padding=1)
+    ref_x, ref_w = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    ref = F.conv2d(ref_x, ref_w * mask, padding=1)
+    if case == "transposed_gradient":
+        dy = torch.randn(3, 8, 6, 6, generator=gen).transpose(2, 3)
+        y.backward(dy)
+        ref.backward(dy)
+    else:
+        y.sum().backward()  # an expanded (stride 0) gradient
+        ref.sum().backward()
+    assert torch.allclose(y, ref, atol=1e-4)
+    assert torch.allclose(x.grad, ref_x.grad, atol=1e-4)
+    assert torch.allclose(w.grad, ref_w.grad, atol=1e-4)

@@ -9,7 +9,7 @@ from torch import nn
 
 from mest_compile.compiler import build
 from mest_compile.compiler.backend import compile_block_layers
-from mest_compile.compiler.formats import BlockFormat, ConvGeometry
+from mest_compile.compiler.formats import ConvGeometry
 from mest_compile.compiler.gate import random_block_mask
 from mest_compile.compiler.ops import block_conv2d, block_conv2d_packed, geometry_list, sparse_conv2d
 from mest_compile.sparsity.module import SparseConv2d
@@ -24,7 +24,7 @@ def _mask(seed, density=0.3):
 
 def test_repack_within_capacity_reuses_the_compiled_kernels():
     w, x = torch.randn(16, 8, 3, 3), torch.randn(2, 8, 8, 8)
-    fmt = BlockFormat.pack(_mask(0), GEO, capacity=200)
+    fmt = build.block_kernels(GEO).pack(_mask(0), capacity=200)
     block_conv2d_packed(x, w, fmt)
     builds, reuses = build.STATS.builds, build.STATS.reuses
     for seed in (1, 2, 3):
@@ -40,7 +40,7 @@ def test_torch_compile_fullgraph():
     w = torch.randn(16, 8, 3, 3, requires_grad=True)
     x = torch.randn(2, 8, 8, 8, requires_grad=True)
     mask = _mask(4)
-    fmt = BlockFormat.pack(mask, GEO)
+    fmt = build.block_kernels(GEO).pack(mask)
     fn = torch.compile(lambda x, w: block_conv2d_packed(x, w, fmt).square().sum(), fullgraph=True)
     fn(x, w).backward()
     xr, wr = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
@@ -50,10 +50,10 @@ def test_torch_compile_fullgraph():
 
 
 def test_opcheck():
-    fmt = BlockFormat.pack(_mask(5), GEO)
+    fmt = build.block_kernels(GEO).pack(_mask(5))
     values = fmt.values(torch.randn(16, 8, 3, 3)).requires_grad_()
     args = (torch.randn(2, 8, 8, 8, requires_grad=True), values, fmt.group_ptr, fmt.x_off, fmt.dx_ptr, fmt.dx_blk, fmt.dx_off,
-            geometry_list(GEO), "host")
+            geometry_list(fmt), "host")
     torch.library.opcheck(block_conv2d, args)
 
 
@@ -96,3 +96,22 @@ def test_module_backend_repacks_after_a_mutation():
         assert conv.backend.stats.regrows == regrows
     assert conv.backend.stats.repacks == 2
     assert build.STATS.builds == builds
+
+
+def test_torch_compile_of_a_model_with_compiled_layers():
+    torch.manual_seed(1)
+    model = nn.Sequential(
+        SparseConv2d.from_dense(nn.Conv2d(8, 16, 3, padding=1), SCHEME, sparsity=0.8),
+        nn.ReLU(),
+        SparseConv2d.from_dense(nn.Conv2d(16, 16, 3, padding=1, stride=2), SCHEME, sparsity=0.8),
+    )
+    dense = nn.Sequential(model[0].to_dense(), nn.ReLU(), model[2].to_dense())
+    compile_block_layers(model)
+    x = torch.randn(2, 8, 8, 8)
+    y = torch.compile(model)(x)
+    y.square().sum().backward()
+    ref = dense(x)
+    ref.square().sum().backward()
+    assert torch.allclose(y, ref, atol=1e-4)
+    for sparse, plain in ((model[0], dense[0]), (model[2], dense[2])):
+        assert torch.allclose(sparse.weight.grad, plain.weight.grad * sparse.mask, atol=1e-3)

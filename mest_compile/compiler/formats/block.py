@@ -6,8 +6,11 @@ the kept blocks twice:
 
 * by filter group `g` (forward and weight gradient): `group_ptr` (CSR over groups) and, per
   block, `x_off`, its input-scratch offset (see `geometry.py`);
-* by input gradient row `(c, a, b)` (input channel and dx output phase): `dx_ptr`, and per entry
-  `dx_blk` (which block's 4 values) and `dx_off` (gradient-scratch offset of its channel `4g`).
+* by input gradient row `(k, c, a, b)` (chunk of `chunk_groups` filter groups, input channel,
+  dx output phase): `dx_ptr`, and per entry `dx_blk` (which block's 4 values) and `dx_off`
+  (gradient-scratch offset of its channel `4g`). The input-gradient kernel sums one chunk of
+  filter groups at a time so that their part of the gradient scratch stays in L1; the chunk
+  size is a property of the compiled kernels (`BlockTiles.dgrad_chunk`), passed in by the caller.
 
 Buffers are sized by a *capacity* (in blocks). The kernels read only the first `nnz` entries, so
 a new mask that fits is a repack in torch: same buffers, same compiled kernels.
@@ -52,16 +55,21 @@ class BlockFormat:
     group_ptr: torch.Tensor  # (O/4 + 1,)
     x_off: torch.Tensor  # (capacity,)
     flat_idx: torch.Tensor  # (capacity, 4) int64 into weight.view(-1)
-    dx_ptr: torch.Tensor  # (C * s * s + 1,)
+    dx_ptr: torch.Tensor  # (chunks * C * s * s + 1,)
     dx_blk: torch.Tensor  # (capacity,)
     dx_off: torch.Tensor  # (capacity,)
+    chunk_groups: int = 0  # filter groups per input-gradient chunk (0: all in one chunk)
 
     @classmethod
-    def pack(cls, mask: torch.Tensor, geometry: ConvGeometry, capacity: int | None = None) -> "BlockFormat":
+    def pack(
+        cls, mask: torch.Tensor, geometry: ConvGeometry, capacity: int | None = None, chunk_groups: int = 0
+    ) -> "BlockFormat":
         """Pack a legal block `mask` (shaped like the weight) for `geometry`.
 
         Args:
             capacity: buffer size in blocks; defaults to the number of kept blocks (at least 1).
+            chunk_groups: filter groups per input-gradient chunk, as the kernels expect it
+                (`BlockKernels.tiles.dgrad_chunk`); 0 puts all groups in one chunk.
         """
         kept = kept_blocks(mask.detach().cpu())
         nnz = int(kept.sum())
@@ -69,6 +77,8 @@ class BlockFormat:
         if nnz > capacity:
             raise MestError(f"mask keeps {nnz} blocks, more than the capacity {capacity}")
         groups = kept.shape[0]
+        chunk_groups = groups if chunk_groups <= 0 else min(int(chunk_groups), groups)
+        chunks = -(-groups // chunk_groups)
         fmt = cls(
             geometry=geometry,
             capacity=capacity,
@@ -76,9 +86,10 @@ class BlockFormat:
             group_ptr=torch.zeros(groups + 1, dtype=torch.int32),
             x_off=torch.zeros(capacity, dtype=torch.int32),
             flat_idx=torch.zeros(capacity, BLOCK_ROWS, dtype=torch.int64),
-            dx_ptr=torch.zeros(geometry.in_channels * geometry.stride**2 + 1, dtype=torch.int32),
+            dx_ptr=torch.zeros(chunks * geometry.in_channels * geometry.stride**2 + 1, dtype=torch.int32),
             dx_blk=torch.zeros(capacity, dtype=torch.int32),
             dx_off=torch.zeros(capacity, dtype=torch.int32),
+            chunk_groups=chunk_groups,
         )
         fmt._fill(kept)
         return fmt
@@ -110,7 +121,8 @@ class BlockFormat:
         # Input gradient: entries grouped by dx row (c, phase), stable so groups stay ordered.
         phase, off = geo.dx_phase_and_offsets
         khw = geo.kernel_h * geo.kernel_w
-        dx_row = (col // khw) * geo.stride**2 + phase[col]
+        chunk = torch.div(g, self.chunk_groups, rounding_mode="floor")
+        dx_row = (chunk * geo.in_channels + col // khw) * geo.stride**2 + phase[col]
         order = torch.argsort(dx_row, stable=True)
         self.dx_ptr.zero_()
         self.dx_ptr[1:] = torch.cumsum(torch.bincount(dx_row, minlength=self.dx_ptr.numel() - 1), 0)

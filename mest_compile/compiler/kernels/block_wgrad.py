@@ -17,13 +17,15 @@ from mest_compile.compiler.formats.geometry import ConvGeometry
 from mest_compile.compiler.kernels.fill import make_fill
 
 
-def block_wgrad(geo: ConvGeometry, cols: int, slots: int) -> tirx.PrimFunc:
+def block_wgrad(geo: ConvGeometry, cols: int, slots: int, images: int = 1) -> tirx.PrimFunc:
     """TIR of the weight-gradient kernel `f(x, dy, group_ptr, x_off, dv)`.
 
     Args:
         geo: the layer (batch, nnz and capacity symbolic).
         cols: kept columns per micro-kernel (register tile `cols x 4 x OW`).
         slots: parallel image slots (the number of threads).
+        images: images a slot accumulates in registers before adding to its partial sums (small
+            outputs have few rows per image, so the per-image read-modify-write would dominate).
 
     Buffers: `x (N, C, H, W)`, `dy (N, O, OH, OW)`, `group_ptr`, `x_off` as in the forward,
     `dv (nnz, 4)` (written; entry `j` is block `j`'s 4 gradient values).
@@ -50,27 +52,30 @@ def block_wgrad(geo: ConvGeometry, cols: int, slots: int) -> tirx.PrimFunc:
                 vt = T.axis.spatial(slots, t)
                 T.reads(X[0:N, 0:C, 0:H, 0:W], DY[0:N, 0:O, 0:OH, 0:OW], GP[0 : G + 1], XO[0:cap])
                 T.writes(PART[vt, 0:nnz, 0:4, 0:OW])
-                S = T.sblock_alloc_buffer((1, P), "float32")
+                S = T.sblock_alloc_buffer((images, P), "float32")
                 acc = T.sblock_alloc_buffer((cols, 4, OW), "float32", scope="local")
                 for j, r in T.grid(nnz, 4):
                     for w in T.vectorized(OW):
                         PART[vt, j, r, w] = T.float32(0)
-                for m in range((N - vt + slots - 1) // slots):
-                    for q in range(s * C):
-                        fill(S, 0, q * XR * PITCH, X, vt + m * slots, q)
+                # Slot vt takes images vt, vt + slots, ...; `images` of them per step.
+                for m in range(((N - vt + slots - 1) // slots + images - 1) // images):
+                    for u, q in T.grid(images, s * C):
+                        if vt + (m * images + u) * slots < N:
+                            fill(S, u, q * XR * PITCH, X, vt + (m * images + u) * slots, q)
                     for g in range(G):
                         for cb in range((GP[g + 1] - GP[g]) // cols):
                             for jj in T.unroll(cols):
                                 for r in T.unroll(4):
                                     for w in T.vectorized(OW):
                                         acc[jj, r, w] = T.float32(0)
-                            for oh in range(OH):
-                                for jj in T.unroll(cols):
-                                    for r in T.unroll(4):
-                                        for w in T.vectorized(OW):
-                                            acc[jj, r, w] = acc[jj, r, w] + DY[vt + m * slots, g * 4 + r, oh, w] * S[
-                                                0, XO[GP[g] + cb * cols + jj] + oh * PITCH + w
-                                            ]
+                            for u, oh in T.grid(images, OH):
+                                if vt + (m * images + u) * slots < N:
+                                    for jj in T.unroll(cols):
+                                        for r in T.unroll(4):
+                                            for w in T.vectorized(OW):
+                                                acc[jj, r, w] = acc[jj, r, w] + DY[vt + (m * images + u) * slots, g * 4 + r, oh, w] * S[
+                                                    u, XO[GP[g] + cb * cols + jj] + oh * PITCH + w
+                                                ]
                             for jj in T.unroll(cols):
                                 for r in T.unroll(4):
                                     for w in T.vectorized(OW):
@@ -79,10 +84,11 @@ def block_wgrad(geo: ConvGeometry, cols: int, slots: int) -> tirx.PrimFunc:
                             for r in T.unroll(4):
                                 for w in T.vectorized(OW):
                                     acc[0, r, w] = T.float32(0)
-                            for oh in range(OH):
-                                for r in T.unroll(4):
-                                    for w in T.vectorized(OW):
-                                        acc[0, r, w] = acc[0, r, w] + DY[vt + m * slots, g * 4 + r, oh, w] * S[0, XO[j] + oh * PITCH + w]
+                            for u, oh in T.grid(images, OH):
+                                if vt + (m * images + u) * slots < N:
+                                    for r in T.unroll(4):
+                                        for w in T.vectorized(OW):
+                                            acc[0, r, w] = acc[0, r, w] + DY[vt + (m * images + u) * slots, g * 4 + r, oh, w] * S[u, XO[j] + oh * PITCH + w]
                             for r in T.unroll(4):
                                 for w in T.vectorized(OW):
                                     PART[vt, j, r, w] = PART[vt, j, r, w] + acc[0, r, w]

@@ -42,15 +42,39 @@ class BlockTiles:
     wgrad_cols: int
     # Parallel image slots of the weight gradient (one per thread).
     wgrad_slots: int
+    # Images per register accumulation of the weight gradient: at least ~16 output rows, so
+    # the partial-sum update (cols x 4 vector read-modify-writes) stays a small overhead.
+    wgrad_images: int
+    # Filter groups per input-gradient chunk: the dy rows a tile reads from one chunk should
+    # stay in L1 (that kernel loads once per FMA); fewer groups cost more partial-sum traffic.
+    dgrad_chunk: int
 
     @classmethod
     def default(cls, geo: ConvGeometry, threads: int) -> "BlockTiles":
+        dgrad_rows = _largest_divisor(geo.dx_rows, max(1, 8 // _vectors(geo.dx_cols)))
         return cls(
             fwd_rows=_largest_divisor(geo.out_h, max(1, 4 // _vectors(geo.out_w))),
-            dgrad_rows=_largest_divisor(geo.dx_rows, max(1, 8 // _vectors(geo.dx_cols))),
+            dgrad_rows=dgrad_rows,
             wgrad_cols=max(1, 4 // _vectors(geo.out_w)),
             wgrad_slots=max(1, threads),
+            wgrad_images=max(1, 16 // geo.out_h),
+            dgrad_chunk=dgrad_chunk_groups(geo, dgrad_rows),
         )
+
+
+# Bytes of dy rows one input-gradient chunk may touch per tile (about one 32 KiB L1d), and the
+# fewest filter groups per chunk per dx phase: a chunk re-loads and re-stores the tile's partial
+# sums, which only pays when each (chunk, channel) has several blocks to add.
+DGRAD_CHUNK_BYTES = 32 * 1024
+DGRAD_MIN_GROUPS = 4
+
+
+def dgrad_chunk_groups(geo: ConvGeometry, rows: int) -> int:
+    """Filter groups per input-gradient chunk for `rows`-row tiles (all groups: no chunking)."""
+    tile_rows = rows + geo.dy_rows - geo.dx_rows
+    per_group = 4 * geo.dy_copies * tile_rows * geo.dy_pitch * 4
+    fit = max(DGRAD_CHUNK_BYTES // per_group, DGRAD_MIN_GROUPS * geo.stride**2)
+    return max(1, min(geo.out_channels // 4, fit))
 
 
 def _fill_at_image(func: tirx.PrimFunc, consumer: str) -> tvm.IRModule:
