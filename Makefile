@@ -4,8 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # The CPU build of torch; set TORCH_SPEC= to keep whatever torch the index gives.
 TORCH_SPEC ?= torch==2.13.0
-# Debian packages the tests need (the C++ toolchain TVM links kernels with).
-SYSTEM_PACKAGES ?= g++
+# Debian packages the tests need: the C++ toolchain TVM links kernels with, the aarch64 cross
+# toolchain and qemu-user (the emulated ARM board), and PoCL (an OpenCL device on the CPU).
+SYSTEM_PACKAGES ?= g++ qemu-user gcc-aarch64-linux-gnu ocl-icd-libopencl1 pocl-opencl-icd
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= runs/demo
 PYTEST_ARGS ?=

@@ -5,34 +5,11 @@ from __future__ import annotations
 import json
 import os
 from functools import lru_cache
-from pathlib import Path
 
 import tvm
 
+from mest_compile.compiler.presets import load_preset
 from mest_compile.errors import MestError
-
-# Used when the `targets/` presets are not importable (a source checkout that is not installed).
-_HOST = {"kind": "llvm", "mcpu": "native"}
-
-
-@lru_cache(maxsize=None)
-def _preset_text(name: str) -> str | None:
-    """The preset file's text (read once per process)."""
-    try:
-        from importlib.resources import files
-
-        text = files("mest_compile.targets").joinpath(f"{name}.json").read_text()
-    except (ModuleNotFoundError, FileNotFoundError):
-        path = Path(__file__).resolve().parents[2] / "targets" / f"{name}.json"
-        if not path.is_file():
-            return None
-        text = path.read_text()
-    return text
-
-
-def _preset(name: str) -> dict | None:
-    text = _preset_text(name)
-    return None if text is None else json.loads(text)["target"]
 
 
 def threads() -> int:
@@ -44,15 +21,17 @@ def threads() -> int:
 @lru_cache(maxsize=None)
 def _resolve(key: str) -> tvm.target.Target:
     spec = json.loads(key)
-    if spec.get("kind") == "llvm" and spec.get("mcpu") == "native":
-        # Spell out the CPU so the kernel cache key names what the code was compiled for.
-        spec["mcpu"] = tvm.target.codegen.llvm_get_system_cpu()
-    spec.setdefault("num-cores", threads())
+    if spec.get("kind") == "llvm":
+        if spec.get("mcpu") == "native":
+            # Spell out the CPU so the kernel cache key names what the code was compiled for.
+            spec["mcpu"] = tvm.target.codegen.llvm_get_system_cpu()
+        # Schedules split work by it; only CPU targets have the option.
+        spec.setdefault("num-cores", threads())
     return tvm.target.Target(spec)
 
 
 def resolve_target(target: str | dict | tvm.target.Target = "host") -> tvm.target.Target:
-    """A TVM target from a preset name (`"host"`), a target dict or a `Target`."""
+    """A TVM target from a preset name (`"host"`, `"arm"`, ...), a target dict or a `Target`."""
     if isinstance(target, tvm.target.Target):
         return target
     if isinstance(target, str):
@@ -63,8 +42,9 @@ def resolve_target(target: str | dict | tvm.target.Target = "host") -> tvm.targe
 
 
 @lru_cache(maxsize=None)
-def _resolve_name(target: str) -> tvm.target.Target:
-    spec = _preset(target) or (dict(_HOST) if target == "host" else None)
-    if spec is None:
-        raise MestError(f"unknown target preset {target!r}")
+def _resolve_name(name: str) -> tvm.target.Target:
+    preset = load_preset(name)
+    spec = dict(preset.target)
+    if preset.host is not None:
+        spec["host"] = dict(preset.host)
     return _resolve(json.dumps(spec, sort_keys=True))

@@ -1,0 +1,43 @@
+"""CUDA C for the `cuda` preset, compiled to PTX and cubin with nvcc: no GPU needed."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from mest_compile.compiler.devices import MissingToolError, compile_cuda, cuda_source
+from mest_compile.compiler.devices.toolchain import NVCC
+from mest_compile.errors import MestError
+
+
+@pytest.fixture(scope="module")
+def source(csr: SimpleNamespace) -> str:
+    return cuda_source(csr.gpu_schedule(csr.kernel(*csr.shape), threads=64), "cuda")
+
+
+def test_source_needs_no_nvcc(source: str) -> None:
+    assert "__global__" in source and "blockIdx.x" in source
+
+
+@pytest.mark.skipif(NVCC.find() is None, reason="nvcc not on this machine (NVIDIA's CUDA toolkit)")
+def test_ptx_and_cubin(source: str) -> None:
+    ptx = compile_cuda(source, "ptx")
+    assert b".target sm_90" in ptx and b".entry" in ptx
+    cubin = compile_cuda(source, "cubin", arch="sm_80")
+    assert cubin[:4] == b"\x7fELF"
+    with pytest.raises(MestError, match="undefined"):
+        compile_cuda(source + "\n__global__ void broken() { not_declared_x = 1; }\n", "ptx")
+
+
+def test_missing_nvcc_names_the_toolkit(source: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    with pytest.raises(MissingToolError, match="nvcc not found.*CUDA toolkit"):
+        compile_cuda(source, "ptx")
+
+
+def test_non_cuda_preset_is_rejected(source: str) -> None:
+    with pytest.raises(MestError, match="not a CUDA target"):
+        compile_cuda(source, "ptx", preset="mali")
