@@ -31,9 +31,9 @@ import time  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from mest_compile.compiler.build import block_kernels  # noqa: E402
+from mest_compile.compiler.families.block import block_kernels  # noqa: E402
 from mest_compile.compiler.formats import ConvGeometry  # noqa: E402
-from mest_compile.compiler.ops import block_conv2d_packed  # noqa: E402
+from mest_compile.compiler.families.block_ops import block_conv2d_packed  # noqa: E402
 
 # (name, in_channels, out_channels, input size, stride) of MEST's wide ResNet-32 sparse convs.
 LAYERS = [

@@ -1,65 +1,29 @@
-"""Build the block kernels of one layer geometry for one target, once per process.
+"""Build, gate and cache the kernels of one (scheme family, layer geometry, target), once per process.
 
-`block_kernels(geometry, target)` compiles forward, input gradient and weight gradient, runs the
-correctness gate on them and caches the result under (scheme, geometry, target). A kernel set
-that fails the gate is cached as failed and never returned.
+`kernels_for(family, geometry, target)` compiles the family's forward, input-gradient and
+weight-gradient kernels, runs the correctness gate on them and caches the result. A kernel set
+that fails the gate is cached as failed and never returned: callers fall back to the masked
+dense conv and say so.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-import tvm
 
-from mest_compile.compiler.formats.block import SCHEME
+from mest_compile.compiler.families import KernelFamily, KernelSet
 from mest_compile.compiler.formats.geometry import ConvGeometry
-from mest_compile.compiler.kernels.block_dgrad import block_dgrad
-from mest_compile.compiler.kernels.block_fwd import block_forward
-from mest_compile.compiler.kernels.block_wgrad import block_wgrad
-from mest_compile.compiler.schedules.block_host import BlockTiles, schedule_dgrad, schedule_forward, schedule_wgrad
 from mest_compile.compiler.target import resolve_target
 from mest_compile.errors import MestError
 
 
 class KernelGateError(MestError):
     """A compiled kernel disagreed with PyTorch on random data; it is never used."""
-
-
-@dataclass
-class BlockKernels:
-    """The compiled kernels of one layer geometry (callable with torch tensors, zero-copy)."""
-
-    geometry: ConvGeometry
-    target: str
-    tiles: BlockTiles
-    forward: Any
-    dgrad: Any
-    wgrad: Any
-    executables: dict[str, Any] = field(repr=False)
-    modules: dict[str, Any] = field(repr=False, default_factory=dict)
-    build_seconds: float = 0.0
-    gate_seconds: float = 0.0
-    gate_errors: dict[str, float] = field(default_factory=dict)
-
-    def pack(self, mask, capacity: int | None = None):
-        """Pack `mask` in the layout these kernels read (a `BlockFormat`)."""
-        from mest_compile.compiler.formats.block import BlockFormat
-
-        return BlockFormat.pack(mask, self.geometry, capacity, chunk_groups=self.tiles.dgrad_chunk)
-
-    def source(self, which: str = "forward", kind: str = "asm") -> str:
-        """Generated code of one kernel (`which`: forward, dgrad, wgrad; `kind`: "asm" or "ll")."""
-        return self.executables[which].mod.inspect_source(kind)
-
-    def tir(self, which: str = "forward") -> str:
-        """The scheduled TIR of one kernel, as TVMScript."""
-        return self.modules[which].script()
 
 
 @dataclass
@@ -71,56 +35,44 @@ class BuildStats:
     gate_failures: int = 0
     build_seconds: float = 0.0
 
+    def to_dict(self) -> dict[str, float]:
+        """JSON-ready counts."""
+        return {"builds": self.builds, "reuses": self.reuses, "gate_failures": self.gate_failures,
+                "build_seconds": round(self.build_seconds, 3)}
+
 
 STATS = BuildStats()
-_CACHE: dict[tuple, BlockKernels | KernelGateError] = {}
-_LOCK = threading.Lock()
+_CACHE: dict[tuple, KernelSet | KernelGateError] = {}
+# Re-entrant: the gate runs the family's ops, which look their kernels up here while it holds the lock.
+_LOCK = threading.RLock()
 
 
-def compile_block_kernels(geo: ConvGeometry, target: Any = "host", tiles: BlockTiles | None = None) -> BlockKernels:
-    """Compile (without gating or caching) the three block kernels of `geo`."""
-    tgt = resolve_target(target)
-    tiles = tiles or BlockTiles.default(geo, int(tgt.attrs.get("num-cores", 1)))
-    start = time.perf_counter()
-    mods = {
-        "forward": schedule_forward(block_forward(geo, tiles.fwd_rows)),
-        "dgrad": schedule_dgrad(block_dgrad(geo, tiles.dgrad_rows, tiles.dgrad_chunk)),
-        "wgrad": schedule_wgrad(block_wgrad(geo, tiles.wgrad_cols, tiles.wgrad_slots, tiles.wgrad_images)),
-    }
-    exes = {name: tvm.compile(mod, target=tgt) for name, mod in mods.items()}
-    return BlockKernels(
-        geometry=geo,
-        target=str(tgt),
-        tiles=tiles,
-        forward=exes["forward"]["block_fwd"],
-        dgrad=exes["dgrad"]["block_dgrad"],
-        wgrad=exes["wgrad"]["block_wgrad"],
-        executables=exes,
-        modules=mods,
-        build_seconds=time.perf_counter() - start,
-    )
+def family_key(family: KernelFamily) -> str:
+    """The name a family's kernels are cached under."""
+    return family.schemes[0] if family.schemes else type(family).__name__
 
 
-def block_kernels(geo: ConvGeometry, target: Any = "host") -> BlockKernels:
-    """The gated kernels of `geo` on `target`, compiled on first use and cached.
+def kernels_for(family: KernelFamily, geometry: ConvGeometry, target: Any = "host") -> KernelSet:
+    """The gated kernels of `geometry` on `target`, compiled on first use and cached.
 
     Raises:
         KernelGateError: the kernels compiled but gave wrong results (also on every later call).
     """
-    from mest_compile.compiler.gate import check_block_kernels
+    from mest_compile.compiler.gate import check_family
 
     tgt = resolve_target(target)
-    key = (SCHEME, geo, str(tgt))
+    key = (family_key(family), geometry, str(tgt))
     with _LOCK:
         hit = _CACHE.get(key)
         if hit is None:
             if STATS.builds == 0 and (reason := check_thread_environment()):
                 warnings.warn(reason, stacklevel=3)
-            kernels = compile_block_kernels(geo, tgt)
+            kernels = family.build(geometry, tgt)
             STATS.builds += 1
             STATS.build_seconds += kernels.build_seconds
+            _CACHE[key] = kernels  # provisional, so the ops the gate runs find these kernels
             try:
-                check_block_kernels(kernels)
+                check_family(family, kernels)
                 hit = kernels
             except KernelGateError as err:
                 STATS.gate_failures += 1
@@ -135,11 +87,8 @@ def block_kernels(geo: ConvGeometry, target: Any = "host") -> BlockKernels:
 
 def clear_cache() -> None:
     """Forget every compiled kernel (tests)."""
-    from mest_compile.compiler import ops
-
     with _LOCK:
         _CACHE.clear()
-        ops._FAST.clear()
 
 
 def check_thread_environment() -> str | None:

@@ -31,11 +31,12 @@ def _resolve(key: str) -> tvm.target.Target:
 
 
 def resolve_target(target: str | dict | tvm.target.Target = "host") -> tvm.target.Target:
-    """A TVM target from a preset name (`"host"`, `"arm"`, ...), a target dict or a `Target`."""
+    """A TVM target from a preset name (`"host"`, `"arm"`, ...), a target dict (or its JSON) or a `Target`."""
     if isinstance(target, tvm.target.Target):
         return target
     if isinstance(target, str):
-        return _resolve_name(target)
+        # A target's own JSON form (what `str(Target)` prints, and what kernel sets record).
+        return _resolve(json.dumps(json.loads(target), sort_keys=True)) if target.lstrip().startswith("{") else _resolve_name(target)
     if not isinstance(target, dict):
         raise MestError(f"a target is a preset name, a dict or a tvm Target, got {target!r}")
     return _resolve(json.dumps(target, sort_keys=True))

@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mest_compile.compiler.build import STATS
-from mest_compile.compiler.gate import random_block_mask
-from mest_compile.compiler.ops import sparse_conv2d
+from mest_compile.compiler.families.block import random_block_mask
+from mest_compile.compiler.api import sparse_conv2d
 
 SCHEME = "free_block_prune_column_4"
 
@@ -112,7 +112,7 @@ def test_mest_resnet32_layers(cin, cout, size, stride):
 
 
 def test_chunked_input_gradient_is_exercised():
-    from mest_compile.compiler.build import block_kernels
+    from mest_compile.compiler.families.block import block_kernels
     from mest_compile.compiler.formats import ConvGeometry
 
     kernels = block_kernels(ConvGeometry(2, 8, 8, 64, 3, 3, 1, 1))

@@ -8,10 +8,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from mest_compile.compiler import build
-from mest_compile.compiler.backend import compile_block_layers
+from mest_compile.compiler.families import block as block_family
+from mest_compile.compiler.api import compile_model, sparse_conv2d
+from mest_compile.compiler.policy import RecompilePolicy
 from mest_compile.compiler.formats import ConvGeometry
-from mest_compile.compiler.gate import random_block_mask
-from mest_compile.compiler.ops import block_conv2d, block_conv2d_packed, geometry_list, sparse_conv2d
+from mest_compile.compiler.families.block import block_kernels, random_block_mask
+from mest_compile.compiler.families.block_ops import block_conv2d, block_conv2d_packed, geometry_list
 from mest_compile.sparsity.module import SparseConv2d
 
 SCHEME = "free_block_prune_column_4"
@@ -24,7 +26,7 @@ def _mask(seed, density=0.3):
 
 def test_repack_within_capacity_reuses_the_compiled_kernels():
     w, x = torch.randn(16, 8, 3, 3), torch.randn(2, 8, 8, 8)
-    fmt = build.block_kernels(GEO).pack(_mask(0), capacity=200)
+    fmt = block_kernels(GEO).pack(_mask(0), capacity=200)
     block_conv2d_packed(x, w, fmt)
     builds, reuses = build.STATS.builds, build.STATS.reuses
     for seed in (1, 2, 3):
@@ -40,7 +42,7 @@ def test_torch_compile_fullgraph():
     w = torch.randn(16, 8, 3, 3, requires_grad=True)
     x = torch.randn(2, 8, 8, 8, requires_grad=True)
     mask = _mask(4)
-    fmt = build.block_kernels(GEO).pack(mask)
+    fmt = block_kernels(GEO).pack(mask)
     fn = torch.compile(lambda x, w: block_conv2d_packed(x, w, fmt).square().sum(), fullgraph=True)
     fn(x, w).backward()
     xr, wr = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
@@ -50,7 +52,7 @@ def test_torch_compile_fullgraph():
 
 
 def test_opcheck():
-    fmt = build.block_kernels(GEO).pack(_mask(5))
+    fmt = block_kernels(GEO).pack(_mask(5))
     values = fmt.values(torch.randn(16, 8, 3, 3)).requires_grad_()
     args = (torch.randn(2, 8, 8, 8, requires_grad=True), values, fmt.group_ptr, fmt.x_off, fmt.dx_ptr, fmt.dx_blk, fmt.dx_off,
             geometry_list(fmt), "host")
@@ -59,7 +61,7 @@ def test_opcheck():
 
 def test_a_kernel_failing_the_gate_is_never_used(monkeypatch):
     geo = ConvGeometry(4, 6, 6, 8, 3, 3, stride=1, padding=1)
-    real = build.compile_block_kernels
+    real = block_family.compile_block_kernels
 
     def broken(*args, **kwargs):
         kernels = real(*args, **kwargs)
@@ -67,11 +69,11 @@ def test_a_kernel_failing_the_gate_is_never_used(monkeypatch):
         kernels.forward = lambda x, v, gp, xo, y: (good(x, v, gp, xo, y), y.mul_(1.01))
         return kernels
 
-    monkeypatch.setattr(build, "compile_block_kernels", broken)
+    monkeypatch.setattr(block_family, "compile_block_kernels", broken)
     build.clear_cache()
     try:
         with pytest.raises(build.KernelGateError, match="correctness gate"):
-            build.block_kernels(geo)
+            block_kernels(geo)
         x, w = torch.randn(2, 4, 6, 6), torch.randn(8, 4, 3, 3)
         mask = random_block_mask(8, (4, 3, 3), 0.5, torch.Generator().manual_seed(0))
         with pytest.warns(UserWarning, match="masked dense conv"):
@@ -81,21 +83,42 @@ def test_a_kernel_failing_the_gate_is_never_used(monkeypatch):
         build.clear_cache()
 
 
-def test_module_backend_repacks_after_a_mutation():
+def test_module_backend_repacks_or_rebuilds_per_policy():
     torch.manual_seed(0)
     conv = SparseConv2d.from_dense(nn.Conv2d(8, 16, 3, padding=1, bias=True), SCHEME, sparsity=0.8)
-    assert compile_block_layers(nn.Sequential(conv)) == {"0": "compiled"}
+    report = compile_model(nn.Sequential(conv), policy=RecompilePolicy(max_drift=1.0))
+    assert report["0.weight"]["status"] == "compiled"
     x = torch.randn(2, 8, 8, 8)
     assert torch.allclose(conv(x), conv.to_dense()(x), atol=1e-4)
     builds = build.STATS.builds
-    for sparsity, regrows in ((0.5, 1), (0.9, 1)):  # denser than the capacity: new buffers; then in place
+    # Same density: in place. Denser than the capacity: overflow. Then in place again. Much
+    # sparser: a quarter of the buffers would idle, so smaller ones are built.
+    steps = [(0.8, "repacks"), (0.5, "overflows"), (0.5, "repacks"), (0.9, "rebuilds")]
+    for sparsity, counter in steps:
+        before = conv.backend.stats.to_dict()
         conv.set_mask_(conv.scheme.prune(torch.randn(16, 8, 3, 3), sparsity))
         with torch.no_grad():
             conv.weight.add_(torch.randn_like(conv.weight)).mul_(conv.mask)
         assert torch.allclose(conv(x), conv.to_dense()(x), atol=1e-4)
-        assert conv.backend.stats.regrows == regrows
-    assert conv.backend.stats.repacks == 2
-    assert build.STATS.builds == builds
+        after = conv.backend.stats.to_dict()
+        assert after[counter] == before[counter] + 1, (sparsity, counter, before, after)
+    assert conv.backend.stats.rebuilds == 2  # the overflow and the padding
+    assert build.STATS.builds == builds  # nnz is a runtime size: no mutation recompiles
+
+
+def test_signature_drift_rebuilds():
+    torch.manual_seed(2)
+    conv = SparseConv2d.from_dense(nn.Conv2d(8, 32, 3, padding=1), SCHEME, sparsity=0.5)
+    compile_model(nn.Sequential(conv), policy=RecompilePolicy(max_drift=0.1, max_padding=1.0))
+    x = torch.randn(1, 8, 6, 6)
+    conv(x)
+    # Same number of blocks, concentrated in two filter groups: the work histogram drifts.
+    mask = torch.zeros(32, 8, 3, 3, dtype=torch.bool)
+    mask[:8] = True
+    mask[8:16, :1] = True
+    conv.set_mask_(mask)
+    assert torch.allclose(conv(x), conv.to_dense()(x), atol=1e-4)
+    assert conv.backend.stats.rebuilds == 1 and conv.backend.stats.repacks == 0
 
 
 def test_torch_compile_of_a_model_with_compiled_layers():
@@ -106,7 +129,7 @@ def test_torch_compile_of_a_model_with_compiled_layers():
         SparseConv2d.from_dense(nn.Conv2d(16, 16, 3, padding=1, stride=2), SCHEME, sparsity=0.8),
     )
     dense = nn.Sequential(model[0].to_dense(), nn.ReLU(), model[2].to_dense())
-    compile_block_layers(model)
+    assert {e['status'] for e in compile_model(model).values()} == {'compiled'}
     x = torch.randn(2, 8, 8, 8)
     y = torch.compile(model)(x)
     y.square().sum().backward()

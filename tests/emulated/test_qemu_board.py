@@ -66,7 +66,7 @@ def test_block_forward_kernel_on_the_board(remote: rpc.RPCSession, tmp_path: Pat
     try:
         from mest_compile.compiler.formats.block import BlockFormat
         from mest_compile.compiler.formats.geometry import ConvGeometry
-        from mest_compile.compiler.gate import random_block_mask
+        from mest_compile.compiler.families.block import random_block_mask
         from mest_compile.compiler.kernels.block_fwd import block_forward
         from mest_compile.compiler.schedules.block_host import BlockTiles, schedule_forward
 

@@ -8,14 +8,11 @@ its gradient through the gather: exactly zero outside the mask. Tensors go to TV
 
 from __future__ import annotations
 
-import warnings
-
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from mest_compile.compiler.build import STATS, KernelGateError, block_kernels
-from mest_compile.compiler.formats.block import SCHEME, BlockFormat
+from mest_compile.compiler.families.block import block_kernels
+from mest_compile.compiler.formats.block import BlockFormat
 from mest_compile.compiler.formats.geometry import ConvGeometry
 from mest_compile.errors import MestError
 
@@ -24,23 +21,14 @@ def _geometry(g: list[int]) -> ConvGeometry:
     return ConvGeometry(*g[:8])
 
 
-_FAST: dict[tuple, object] = {}  # (geometry list, target) -> kernels: the per-call lookup
-
-
 def _kernels(g: list[int], target: str):
     """The cached kernels for a geometry list, checked against the format's dgrad chunking."""
-    key = (*g, target)
-    kernels = _FAST.get(key)
-    if kernels is not None:
-        STATS.reuses += 1
-        return kernels
     kernels = block_kernels(_geometry(g), target)
     if kernels.tiles.dgrad_chunk != g[8]:
         raise MestError(
             f"format packed with {g[8]} groups per input-gradient chunk, the kernels expect "
             f"{kernels.tiles.dgrad_chunk}: pack it with `kernels.pack(mask)`"
         )
-    _FAST[key] = kernels
     return kernels
 
 
@@ -124,15 +112,6 @@ def _backward(ctx, dy):
 block_conv2d.register_autograd(_backward, setup_context=_setup)
 
 
-def _pair(v: int | tuple[int, int], what: str) -> int:
-    if isinstance(v, int):
-        return v
-    a, b = v
-    if a != b:
-        raise MestError(f"compiled block conv needs a symmetric {what}, got {v}")
-    return int(a)
-
-
 def geometry_list(fmt: BlockFormat) -> list[int]:
     """What the ops take as `geometry`: the layer's `ConvGeometry` fields and the format's chunking."""
     geo = fmt.geometry
@@ -147,36 +126,3 @@ def block_conv2d_packed(x: Tensor, weight: Tensor, fmt: BlockFormat, target: str
     """
     values = fmt.values(weight)
     return block_conv2d(x, values, fmt.group_ptr, fmt.x_off, fmt.dx_ptr, fmt.dx_blk, fmt.dx_off, geometry_list(fmt), target)
-
-
-def sparse_conv2d(
-    x: Tensor,
-    weight: Tensor,
-    mask: Tensor,
-    *,
-    scheme: str = SCHEME,
-    stride: int | tuple[int, int] = 1,
-    padding: int | tuple[int, int] = 0,
-    target: str = "host",
-) -> Tensor:
-    """Compiled `F.conv2d(x, weight * mask, stride=stride, padding=padding)`.
-
-    Differentiable in `x` and `weight`; the weight gradient is zero outside `mask`. The layer's
-    kernels are compiled and gated on first use (seconds) and cached for the process. If they
-    fail the correctness gate, a warning says so and the masked dense conv is used instead.
-
-    Example:
-        >>> y = sparse_conv2d(x, w, mask, scheme="free_block_prune_column_4", padding=1)
-    """
-    if scheme != SCHEME:
-        raise MestError(f"no compiled kernels for scheme {scheme!r} yet; compiled: {SCHEME}")
-    if x.dtype != torch.float32 or weight.dtype != torch.float32 or x.device.type != "cpu":
-        raise MestError("compiled sparse conv takes float32 CPU tensors")
-    s, p = _pair(stride, "stride"), _pair(padding, "padding")
-    geo = ConvGeometry.of(tuple(x.shape), tuple(weight.shape), s, p)
-    try:
-        kernels = block_kernels(geo, target)
-    except KernelGateError as err:
-        warnings.warn(f"{err}; using the masked dense conv for this layer", stacklevel=2)
-        return F.conv2d(x, weight * mask, stride=s, padding=p)
-    return block_conv2d_packed(x, weight, kernels.pack(mask), target)

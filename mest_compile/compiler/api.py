@@ -1,0 +1,184 @@
+"""The compiler's public entry points: `sparse_conv2d` and `compile_model`."""
+
+from __future__ import annotations
+
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mest_compile.compiler.backend import CompiledConvBackend
+from mest_compile.compiler.build import KernelGateError, kernels_for
+from mest_compile.compiler.families import KernelFamily, family_for
+from mest_compile.compiler.formats.geometry import ConvGeometry
+from mest_compile.compiler.policy import RecompilePolicy
+from mest_compile.errors import MestError
+
+
+def _single(value: int | tuple[int, ...], what: str) -> int:
+    values = (value,) if isinstance(value, int) else tuple(value)
+    if len(set(values)) != 1:
+        raise MestError(f"compiled sparse conv needs a symmetric {what}, got {value}")
+    return int(values[0])
+
+
+def sparse_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    scheme: str,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    target: Any = "host",
+) -> torch.Tensor:
+    """Compiled `F.conv2d(x, weight * mask, stride=stride, padding=padding)`.
+
+    Differentiable in `x` and `weight`; the weight gradient is zero outside `mask`. The layer's
+    kernels are compiled and gated on first use (about a second) and cached for the process; if
+    they fail the correctness gate a warning says so and the masked dense conv is used instead.
+
+    Example:
+        >>> y = sparse_conv2d(x, w, mask, scheme="block", padding=1)  # doctest: +SKIP
+    """
+    family = family_for(scheme)
+    if x.dtype != torch.float32 or weight.dtype != torch.float32 or x.device.type != "cpu":
+        raise MestError("compiled sparse conv takes float32 CPU tensors")
+    s, p = _single(stride, "stride"), _single(padding, "padding")
+    geometry = ConvGeometry.of(tuple(x.shape), tuple(weight.shape), s, p)
+    reason = family.supports(geometry)
+    if reason is not None:
+        raise MestError(f"scheme {scheme!r} cannot compile this layer: {reason}")
+    try:
+        kernels = kernels_for(family, geometry, target)
+    except KernelGateError as err:
+        warnings.warn(f"{err}; using the masked dense conv", stacklevel=2)
+        return F.conv2d(x, weight * mask, stride=s, padding=p)
+    return family.conv(x, weight, family.pack(kernels, mask), kernels)
+
+
+def unsupported(module: nn.Module) -> str | None:
+    """Why `module` (a `SparseConv2d`) cannot use compiled kernels, or None if it can."""
+    if module.groups != 1 or tuple(module.dilation) != (1, 1):
+        return "grouped or dilated conv"
+    if isinstance(module.padding, str) or module.padding_mode != "zeros":
+        return "padding mode other than explicit zeros"
+    if len(set(module.stride)) != 1 or len(set(module.padding)) != 1 or module.stride[0] not in (1, 2):
+        return "asymmetric stride or padding, or a stride other than 1 and 2"
+    if module.weight.dtype != torch.float32 or module.weight.device.type != "cpu":
+        return "not a float32 CPU weight"
+    return None
+
+
+def compile_model(
+    model: nn.Module,
+    target: Any = "host",
+    *,
+    example_input: torch.Tensor | None = None,
+    policy: RecompilePolicy | None = None,
+    fallback: str = "measure",
+) -> dict[str, dict[str, Any]]:
+    """Switch every `SparseConv2d` of `model` to compiled kernels, in place.
+
+    Args:
+        target: a preset name, target dict or TVM target.
+        example_input: a batch for the model; with it each layer's kernels are built now, and
+            with `fallback="measure"` every layer is timed against the dense conv.
+        policy: the recompile thresholds.
+        fallback: "measure": a layer whose compiled forward + backward measures slower than the
+            dense conv on this machine keeps the masked dense conv ("never slower than dense");
+            "never": compile whatever can be.
+
+    Returns:
+        Layer name -> {"status": "compiled" | "dense", "reason": ..., "speedup": ...}.
+    """
+    from mest_compile.sparsity.module import sparse_layers
+
+    if fallback not in ("measure", "never"):
+        raise MestError(f"fallback must be 'measure' or 'never', got {fallback!r}")
+    inputs = _layer_inputs(model, example_input) if example_input is not None else {}
+    report: dict[str, dict[str, Any]] = {}
+    for name, module in sparse_layers(model).items():
+        module.backend = None
+        reason = unsupported(module)
+        family: KernelFamily | None = None
+        if reason is None:
+            try:
+                family = family_for(module.scheme.name)
+            except MestError as err:
+                reason = str(err)
+        entry: dict[str, Any] = {"scheme": module.scheme.name}
+        if family is not None and name in inputs:
+            geometry = ConvGeometry.of(tuple(inputs[name].shape), tuple(module.weight.shape), module.stride[0],
+                                       module.padding[0])
+            reason = family.supports(geometry)
+        if reason is None and family is not None:
+            backend = CompiledConvBackend(family, target, policy)
+            module.backend = backend
+            if name in inputs:
+                entry.update(_measure(module, inputs[name]))
+                if backend.failure is not None:
+                    reason = backend.failure
+                elif fallback == "measure" and entry["speedup"] < 1.0:
+                    reason = f"compiled kernels measured {entry['speedup']:.2f}x of dense on this machine"
+            if reason is not None:
+                module.backend = None
+        entry.update(status="dense" if reason else "compiled", reason=reason)
+        report[name] = entry
+    return report
+
+
+def _layer_inputs(model: nn.Module, example_input: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each sparse layer's input for `example_input` (one masked-dense forward pass)."""
+    from mest_compile.sparsity.module import sparse_layers
+
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [module.register_forward_pre_hook(lambda m, args, n=name: seen.setdefault(n, args[0].detach()))
+             for name, module in sparse_layers(model).items()]
+    try:
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
+
+
+def _measure(module: nn.Module, x: torch.Tensor, reps: int = 5) -> dict[str, float]:
+    """Median forward + backward time of the compiled and the dense conv, interleaved."""
+    backend = module.backend
+    weight = module.weight.detach()
+    mask = module.mask
+
+    def compiled() -> None:
+        w = weight.clone().requires_grad_(True)
+        xi = x.clone().requires_grad_(True)
+        y = backend.family.conv(xi, w, backend._format(module, kernels), kernels)
+        y.backward(torch.ones_like(y))
+
+    def dense() -> None:
+        w = weight.clone().requires_grad_(True)
+        xi = x.clone().requires_grad_(True)
+        y = F.conv2d(xi, w * mask, stride=module.stride, padding=module.padding)
+        y.backward(torch.ones_like(y))
+
+    geometry = ConvGeometry.of(tuple(x.shape), tuple(weight.shape), module.stride[0], module.padding[0])
+    try:
+        kernels = kernels_for(backend.family, geometry, backend.target)
+    except KernelGateError as err:
+        backend.failure = str(err)
+        return {}
+    times: dict[str, list[float]] = {"compiled": [], "dense": []}
+    runs: dict[str, Callable[[], None]] = {"compiled": compiled, "dense": dense}
+    for _ in range(reps + 1):  # the first round warms caches and is dropped
+        for key, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[key].append(time.perf_counter() - start)
+    dense_s, compiled_s = statistics.median(times["dense"][1:]), statistics.median(times["compiled"][1:])
+    return {"dense_ms": 1e3 * dense_s, "compiled_ms": 1e3 * compiled_s, "speedup": dense_s / compiled_s}

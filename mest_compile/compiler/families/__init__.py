@@ -1,0 +1,126 @@
+"""Kernel families: one per sparsity scheme, registered by the training-side scheme name.
+
+A family knows how to pack a scheme's mask into runtime index buffers (a `PackedFormat`), how to
+build the scheme's three kernels (forward, input gradient, masked weight gradient) for one layer
+geometry and target, and how to call them from PyTorch as a differentiable op. Everything around
+that is shared and scheme-agnostic: the build cache and correctness gate (`build.py`,
+`gate.py`), the module backend with its recompile policy (`backend.py`), and the public
+`sparse_conv2d` / `compile_model` (`api.py`).
+
+Adding a scheme is one module here that registers a `KernelFamily` subclass instance.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from typing import Any, Protocol
+
+import torch
+
+from mest_compile.compiler.formats.geometry import ConvGeometry
+from mest_compile.errors import MestError
+from mest_compile.registry import Registry
+
+
+class PackedFormat(Protocol):
+    """A scheme's mask as runtime buffers sized by a capacity (no recompile while it fits)."""
+
+    geometry: ConvGeometry
+    capacity: int  # in the family's units (blocks, kernels, filters, weights)
+    nnz: int  # units in use (<= capacity)
+
+    def fits(self, mask: torch.Tensor) -> bool:
+        """Whether `mask` packs into these buffers (same geometry, within capacity)."""
+
+    def repack_(self, mask: torch.Tensor) -> Any:
+        """Refill the buffers in place for `mask` (which `fits`)."""
+
+    def values(self, weight: torch.Tensor) -> torch.Tensor:
+        """The kept weights in kernel order; differentiable, so autograd scatters the gradient back."""
+
+    def signature(self) -> tuple:
+        """`(scheme, geometry, capacity, histogram)`: the histogram (a tuple of counts, e.g. units
+        per filter bucketed) is what `policy.drift` compares; drift beyond a threshold rebuilds."""
+
+    def nbytes(self) -> int:
+        """Bytes of the values and index buffers."""
+
+
+class KernelSet(Protocol):
+    """The compiled kernels of one geometry on one target (callable with torch tensors)."""
+
+    geometry: ConvGeometry
+    target: str
+    build_seconds: float
+
+    def source(self, which: str = "forward", kind: str = "asm") -> str:
+        """Generated code of one kernel (`which`: forward, dgrad, wgrad)."""
+
+
+class KernelFamily(ABC):
+    """The compiled kernels of one sparsity scheme."""
+
+    #: The canonical training-side scheme names this family serves.
+    schemes: tuple[str, ...] = ()
+    #: The unit `capacity` counts ("block", "kernel", "filter", "weight").
+    unit: str = "weight"
+
+    def supports(self, geometry: ConvGeometry) -> str | None:
+        """Why this family cannot compile `geometry`, or None if it can."""
+        return None
+
+    def units(self, mask: torch.Tensor) -> int:
+        """How many capacity units `mask` keeps."""
+        return int(mask.sum())
+
+    @abstractmethod
+    def build(self, geometry: ConvGeometry, target: Any) -> KernelSet:
+        """Compile the three kernels for `geometry` (no gate, no cache: `build.py` does both)."""
+
+    @abstractmethod
+    def pack(self, kernels: KernelSet, mask: torch.Tensor, capacity: int | None = None) -> PackedFormat:
+        """Pack a legal mask of this scheme for `kernels` (capacity in units; default: exact)."""
+
+    @abstractmethod
+    def conv(self, x: torch.Tensor, weight: torch.Tensor, fmt: PackedFormat, kernels: KernelSet) -> torch.Tensor:
+        """`F.conv2d(x, weight * mask)` (no bias), differentiable in `x` and `weight`."""
+
+    @abstractmethod
+    def random_mask(self, weight_shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+        """A legal random mask for the correctness gate, with at least one empty unit."""
+
+
+FAMILIES: Registry[KernelFamily] = Registry("compiled scheme")
+
+# Modules that register a family; imported on first lookup so `import mest_compile.compiler`
+# stays cheap. A family whose module is missing is simply not compiled.
+_MODULES = ("block", "channel", "pattern", "irregular")
+_loaded = False
+
+
+def _load() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for name in _MODULES:
+        try:
+            importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"{__name__}.{name}":
+                raise
+
+
+def family_for(scheme: str) -> KernelFamily:
+    """The family compiling `scheme` (a training-side scheme name or alias)."""
+    from mest_compile.sparsity.schemes import get_scheme
+
+    _load()
+    name = get_scheme(scheme).name
+    for family_name in FAMILIES:
+        family = FAMILIES.get(family_name)
+        if name in family.schemes:
+            return family
+    compiled = sorted(s for f in FAMILIES for s in FAMILIES.get(f).schemes)
+    raise MestError(f"no compiled kernels for scheme {name!r} yet; compiled: {', '.join(compiled)}")
