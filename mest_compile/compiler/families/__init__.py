@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
@@ -89,6 +90,16 @@ class KernelFamily(ABC):
     @abstractmethod
     def random_mask(self, weight_shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
         """A legal random mask for the correctness gate, with at least one empty unit."""
+
+    @abstractmethod
+    def phase_calls(self, x: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor, fmt: PackedFormat,
+                    kernels: KernelSet) -> dict[str, Callable[[], object]]:
+        """One call per training phase, for the benchmark: {"fwd", "dgrad", "wgrad"} -> thunk.
+
+        Each thunk runs one kernel with what training pays around it (value gather, output
+        allocation, scattering the weight gradient into the dense gradient), so its time compares
+        with `F.conv2d`, `conv2d_input` and `conv2d_weight` of the dense layer.
+        """
 
 
 FAMILIES: Registry[KernelFamily] = Registry("compiled scheme")

@@ -8,6 +8,7 @@ geometry and registers the family.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,6 +118,22 @@ class BlockFamily(KernelFamily):
 
     def random_mask(self, weight_shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
         return random_block_mask(weight_shape[0], tuple(weight_shape[1:]), 0.4, generator)
+
+    def phase_calls(self, x: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor, fmt: Any,
+                    kernels: Any) -> dict[str, Callable[[], object]]:
+        def fwd() -> None:
+            y = x.new_empty(dy.shape)
+            kernels.forward(x, fmt.values(weight), fmt.group_ptr, fmt.x_off, y)
+
+        def dgrad() -> None:
+            kernels.dgrad(dy, fmt.values(weight), fmt.dx_ptr, fmt.dx_blk, fmt.dx_off, torch.empty_like(x))
+
+        def wgrad() -> None:
+            dv = x.new_empty(fmt.nnz, BLOCK_ROWS)
+            kernels.wgrad(x, dy, fmt.group_ptr, fmt.x_off, dv)
+            torch.zeros(weight.numel()).index_put_((fmt.flat_idx[: fmt.nnz],), dv)
+
+        return {"fwd": fwd, "dgrad": dgrad, "wgrad": wgrad}
 
 
 BLOCK = BlockFamily()
