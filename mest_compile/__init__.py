@@ -10,18 +10,36 @@ Example:
     922
 """
 
-from mest_compile.errors import MestError
-from mest_compile.sparsity.bounds import BoundSchedule
-from mest_compile.sparsity.compat import Compat
-from mest_compile.sparsity.data_efficiency import ForgettingTracker, read_importance, removal, write_importance
-from mest_compile.sparsity.module import SparseConv2d, sparse_layers, sparsify
-from mest_compile.sparsity.mutation import ElasticMutation, MutationConfig
-from mest_compile.sparsity.profile import Profile, erk_profile, load_profile, save_profile, uniform_profile
-from mest_compile.sparsity.schemes import SCHEMES, get_scheme, list_schemes, mask_for
-from mest_compile.train.config import TrainConfig
-from mest_compile.train.datasets import load_dataset
-from mest_compile.train.loop import Trainer
-from mest_compile.train.models import build_model
+import os
+
+# PyTorch's OpenMP workers otherwise spin after every parallel op, on the cores the compiled
+# kernels' thread pool needs next (measured: a 0.6 ms kernel took 2-4 ms). Read when torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from mest_compile.errors import MestError  # noqa: E402
+from mest_compile.sparsity.bounds import BoundSchedule  # noqa: E402
+from mest_compile.sparsity.compat import Compat  # noqa: E402
+from mest_compile.sparsity.data_efficiency import ForgettingTracker, read_importance, removal, write_importance  # noqa: E402
+from mest_compile.sparsity.module import SparseConv2d, sparse_layers, sparsify  # noqa: E402
+from mest_compile.sparsity.mutation import ElasticMutation, MutationConfig  # noqa: E402
+from mest_compile.sparsity.profile import Profile, erk_profile, load_profile, save_profile, uniform_profile  # noqa: E402
+from mest_compile.sparsity.schemes import SCHEMES, get_scheme, list_schemes, mask_for  # noqa: E402
+from mest_compile.train.config import TrainConfig  # noqa: E402
+from mest_compile.train.datasets import load_dataset  # noqa: E402
+from mest_compile.train.loop import Trainer  # noqa: E402
+from mest_compile.train.models import build_model  # noqa: E402
+
+# The compiler side imports TVM: loaded on first use, so the training side runs with torch alone.
+_COMPILER = {"sparse_conv2d", "compile_model"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _COMPILER:
+        from mest_compile.compiler import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'mest_compile' has no attribute {name!r}")
+
 
 __all__ = [
     "SCHEMES",
@@ -36,6 +54,7 @@ __all__ = [
     "TrainConfig",
     "Trainer",
     "build_model",
+    "compile_model",
     "erk_profile",
     "get_scheme",
     "list_schemes",
@@ -45,6 +64,7 @@ __all__ = [
     "read_importance",
     "removal",
     "save_profile",
+    "sparse_conv2d",
     "sparse_layers",
     "sparsify",
     "uniform_profile",

@@ -101,7 +101,7 @@ def compile_model(
 
     if fallback not in ("measure", "never"):
         raise MestError(f"fallback must be 'measure' or 'never', got {fallback!r}")
-    inputs = _layer_inputs(model, example_input) if example_input is not None else {}
+    inputs = layer_inputs(model, example_input) if example_input is not None else {}
     report: dict[str, dict[str, Any]] = {}
     for name, module in sparse_layers(model).items():
         module.backend = None
@@ -133,17 +133,25 @@ def compile_model(
     return report
 
 
-def _layer_inputs(model: nn.Module, example_input: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Each sparse layer's input for `example_input` (one masked-dense forward pass)."""
+def layer_inputs(model: nn.Module, example_input: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each sparse layer's input for `example_input` (one forward pass in eval mode, no grad)."""
     from mest_compile.sparsity.module import sparse_layers
 
     seen: dict[str, torch.Tensor] = {}
-    hooks = [module.register_forward_pre_hook(lambda m, args, n=name: seen.setdefault(n, args[0].detach()))
-             for name, module in sparse_layers(model).items()]
+
+    def recorder(name: str) -> Callable[..., None]:
+        def record(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            seen.setdefault(name, args[0].detach())
+
+        return record
+
+    hooks = [module.register_forward_pre_hook(recorder(name)) for name, module in sparse_layers(model).items()]
+    training = model.training
     try:
         with torch.no_grad():
-            model(example_input)
+            model.eval()(example_input)
     finally:
+        model.train(training)
         for hook in hooks:
             hook.remove()
     return seen

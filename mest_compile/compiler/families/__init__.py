@@ -104,34 +104,42 @@ class KernelFamily(ABC):
 
 FAMILIES: Registry[KernelFamily] = Registry("compiled scheme")
 
-# Modules that register a family; imported on first lookup so `import mest_compile.compiler`
-# stays cheap. A family whose module is missing is simply not compiled.
-_MODULES = ("block", "channel", "pattern", "irregular")
-_loaded = False
-
-
-def _load() -> None:
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    for name in _MODULES:
-        try:
-            importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as err:
-            if err.name != f"{__name__}.{name}":
-                raise
+# Where each scheme's family is registered; a module is imported only when its scheme is first
+# compiled, so `import mest_compile.compiler` stays cheap.
+_MODULE_OF = {
+    "free_block_prune_column_4": "block",
+    "channel": "channel",
+    "pattern": "pattern",
+    "pattern+filter_balance": "pattern",
+    "irregular": "irregular",
+    "filter_balance": "irregular",
+}
 
 
 def family_for(scheme: str) -> KernelFamily:
     """The family compiling `scheme` (a training-side scheme name or alias)."""
     from mest_compile.sparsity.schemes import get_scheme
 
-    _load()
     name = get_scheme(scheme).name
+    module = _MODULE_OF.get(name)
+    if module is not None:
+        try:
+            importlib.import_module(f"{__name__}.{module}")
+        except ModuleNotFoundError as err:
+            if err.name != f"{__name__}.{module}":
+                raise
     for family_name in FAMILIES:
         family = FAMILIES.get(family_name)
         if name in family.schemes:
             return family
-    compiled = sorted(s for f in FAMILIES for s in FAMILIES.get(f).schemes)
-    raise MestError(f"no compiled kernels for scheme {name!r} yet; compiled: {', '.join(compiled)}")
+    raise MestError(f"no compiled kernels for scheme {name!r} yet; compiled: {', '.join(sorted(compiled_schemes()))}")
+
+
+def compiled_schemes() -> list[str]:
+    """Schemes whose family module is present (imports them)."""
+    for module in sorted(set(_MODULE_OF.values())):
+        try:
+            importlib.import_module(f"{__name__}.{module}")
+        except ModuleNotFoundError:
+            continue
+    return [s for f in FAMILIES for s in FAMILIES.get(f).schemes]

@@ -1,0 +1,27 @@
+"""`mest-compile bench`: compiled sparse kernels vs dense PyTorch, side by side."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from mest_compile.cli import cli
+
+
+@cli.command()
+@click.option("--scheme", default="free_block_prune_column_4", show_default=True, help="sparsity scheme")
+@click.option("--sparsity", type=float, default=0.9, show_default=True)
+@click.option("--model", default="resnet32", show_default=True, help="model whose sparse layers are measured")
+@click.option("--batch", type=int, default=64, show_default=True)
+@click.option("--reps", type=int, default=30, show_default=True, help="timed repetitions per pair")
+@click.option("--step/--no-step", default=True, show_default=True, help="also time a whole training step")
+@click.option("--target", default="host", show_default=True, help="target preset (kernels run on this machine)")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+def bench(scheme: str, sparsity: float, model: str, batch: int, reps: int, step: bool, target: str,
+          as_json: bool) -> None:
+    """Time every distinct sparse layer (forward, input and weight gradient) and a training step."""
+    from mest_compile.compiler.bench.run import format_bench, run_bench
+
+    result = run_bench(scheme, sparsity, model=model, batch=batch, reps=reps, step=step, target=target)
+    click.echo(json.dumps(result) if as_json else format_bench(result))
