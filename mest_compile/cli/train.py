@@ -45,6 +45,9 @@ HELP = {
     "sorting_file": "MEST importance .pkl to remove by, instead of this run's statistics",
     "output_name": "prefix of the written importance file",
     "threads": "torch intra-op threads",
+    "compiled": "run the sparse layers on compiled TVM kernels (forward and both gradients)",
+    "target": "target preset of the compiled kernels",
+    "fallback": "measure: a layer whose compiled kernels are slower than dense stays dense; never",
 }
 
 

@@ -53,6 +53,10 @@ class TrainConfig:
     keep_lowest_n: int = 0  # skip this many of the least-forgotten before removing
     sorting_file: str | None = None  # a MEST importance .pkl to remove by instead of own statistics
     output_name: str = "mest"  # prefix of the importance file: <name>_unforget_<zeros>.pkl
+    # --- compiled kernels ---
+    compiled: bool = False  # run sparse layers on compiled kernels instead of masked dense convs
+    target: str = "host"  # target preset of the compiled kernels (they run on this machine)
+    fallback: str = "measure"  # `measure`: a layer slower than dense stays dense; `never`
     # --- run ---
     threads: int | None = None  # torch intra-op threads; None keeps torch's default
 
@@ -69,6 +73,8 @@ class TrainConfig:
             raise MestError(f"lr must be > 0, got {self.lr!r}")
         if self.ratio_space not in ("overall", "kernel"):
             raise MestError(f"ratio_space must be 'overall' or 'kernel', got {self.ratio_space!r}")
+        if self.fallback not in ("measure", "never"):
+            raise MestError(f"fallback must be 'measure' or 'never', got {self.fallback!r}")
         if self.regrow_momentum not in ("reset", "keep"):
             raise MestError(f"regrow_momentum must be 'reset' or 'keep', got {self.regrow_momentum!r}")
         if (self.lower_bound is None) != (self.upper_bound is None):

@@ -70,6 +70,12 @@ class Trainer:
             compat=self.compat,
             seed=config.seed,
         ), optimizer=self.optimizer)
+        self.kernels: dict[str, dict[str, Any]] = {}
+        if config.compiled:
+            from mest_compile.compiler.api import compile_model  # the compiler side loads only when asked
+
+            self.kernels = compile_model(self.model, config.target, example_input=self.data.train_x[: config.batch_size],
+                                         fallback=config.fallback)
         self.forgetting = ForgettingTracker(len(self.data.train_y))
         self.data_rng = torch.Generator().manual_seed(config.seed)
         self.active = torch.arange(len(self.data.train_y))
@@ -264,12 +270,31 @@ class Trainer:
             "mask_updates": self.mutation.updates,
             "n_train": int(self.active.numel()),
             "compat": list(self.compat.enabled()),
+            "kernels": self.kernel_summary(),
             "layers": [
                 {"name": name, "shape": list(layer.weight.shape), "nnz": int(layer.mask.sum()),
                  "sparsity": layer.sparsity}
                 for name, layer in self.layers.items()
             ],
         }
+
+    def kernel_summary(self) -> dict[str, Any] | None:
+        """Compiled-kernel status per layer and what the builds and backends did (None: not compiled)."""
+        if not self.config.compiled:
+            return None
+        from mest_compile.compiler.build import STATS
+
+        layers = {}
+        totals = {"packs": 0, "repacks": 0, "rebuilds": 0, "overflows": 0, "dense_calls": 0}
+        for name, layer in self.layers.items():
+            entry = dict(self.kernels.get(name, {}))
+            if layer.backend is not None:
+                stats = layer.backend.stats.to_dict()
+                entry["backend"] = stats
+                for key in totals:
+                    totals[key] += stats[key]
+            layers[name] = entry
+        return {"target": self.config.target, "builds": STATS.to_dict(), **totals, "layers": layers}
 
     @contextlib.contextmanager
     def _progress(self, batches: list[torch.Tensor], label: str) -> Iterator[Any]:

@@ -38,12 +38,23 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"sparsity {100 * summary['sparsity']:.2f}% over the sparse layers, "
         f"{100 * summary['model_sparsity']:.2f}% over all conv/linear weights",
         f"mask updates {summary['mask_updates']}",
-        "",
-        f"{'layer':<32} {'shape':<18} {'nnz':>8} {'sparsity':>9}",
     ]
+    kernels = summary.get("kernels")
+    if kernels:
+        compiled = sum(entry.get("status") == "compiled" for entry in kernels["layers"].values())
+        builds = kernels["builds"]
+        lines.append(f"compiled kernels ({kernels['target']}): {compiled}/{len(kernels['layers'])} layers; "
+                     f"{builds['builds']} builds ({builds['build_seconds']:.1f} s), {builds['reuses']} reuses, "
+                     f"{kernels['repacks']} repacks, {kernels['rebuilds']} rebuilds")
+    lines += ["", f"{'layer':<32} {'shape':<18} {'nnz':>8} {'sparsity':>9}" + ("  kernels" if kernels else "")]
     for layer in summary["layers"]:
         shape = "x".join(str(d) for d in layer["shape"])
-        lines.append(f"{layer['name']:<32} {shape:<18} {layer['nnz']:>8} {100 * layer['sparsity']:>8.2f}%")
+        line = f"{layer['name']:<32} {shape:<18} {layer['nnz']:>8} {100 * layer['sparsity']:>8.2f}%"
+        if kernels:
+            entry = kernels["layers"].get(layer["name"], {})
+            speed = f" {entry['speedup']:.2f}x" if "speedup" in entry else ""
+            line += f"  {entry.get('status', '-')}{speed}" + (f" ({entry['reason']})" if entry.get("reason") else "")
+        lines.append(line)
     return "\n".join(lines)
 
 

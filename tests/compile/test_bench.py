@@ -1,0 +1,31 @@
+"""`mest-compile bench` measures, checks and reports in the documented JSON shape."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+import mest_compile.cli.bench  # noqa: F401  (registers the command)
+from mest_compile.cli import cli
+
+
+def test_bench_json_shape() -> None:
+    result = CliRunner().invoke(cli, ["bench", "--scheme", "block", "--model", "small_cnn", "--batch", "4",
+                                      "--reps", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["scheme"] == "free_block_prune_column_4" and report["sparsity"] == 0.9
+    assert len(report["layers"]) == 2
+    for layer in report["layers"]:
+        for key in ("name", "shape", "speedup_fwd", "speedup_dgrad", "speedup_wgrad", "speedup_total"):
+            assert key in layer
+        assert layer["speedup_total"] > 0
+    assert {"dense_ms", "sparse_ms", "speedup"} <= set(report["step"])
+    assert report["memory"]["packed_bytes"] < report["memory"]["dense_bytes"]
+
+
+def test_bench_rejects_a_scheme_without_kernels() -> None:
+    result = CliRunner().invoke(cli, ["bench", "--scheme", "nonsense"])
+    assert result.exit_code == 2
+    assert "unknown sparsity scheme 'nonsense'" in result.stderr
