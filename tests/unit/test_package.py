@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.resources
 import json
 import pathlib
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -36,8 +37,13 @@ def test_training_side_runs_without_tvm() -> None:
 
 @pytest.mark.slow
 def test_wheel_contains_targets_and_schedules(tmp_path: pathlib.Path) -> None:
+    # Built from a copy: an in-tree build would leave build/ and *.egg-info in the checkout.
+    source = tmp_path / "src"
+    for name in ("pyproject.toml", "setup.py", "README.md", "mest_compile", "targets", "schedules"):
+        copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy
+        copy(ROOT / name, source / name, **({"ignore": shutil.ignore_patterns("__pycache__")} if copy is shutil.copytree else {}))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
-                    str(ROOT)], check=True, capture_output=True)
+                    str(source)], check=True, capture_output=True)
     wheel = next(tmp_path.glob("mest_compile-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     for name in PRESETS:
