@@ -39,6 +39,7 @@ def test_training_side_runs_without_tvm() -> None:
 def test_wheel_contains_targets_and_schedules(tmp_path: pathlib.Path) -> None:
     # Built from a copy: an in-tree build would leave build/ and *.egg-info in the checkout.
     source = tmp_path / "src"
+    source.mkdir()
     for name in ("pyproject.toml", "setup.py", "README.md", "mest_compile", "targets", "schedules"):
         copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy
         copy(ROOT / name, source / name, **({"ignore": shutil.ignore_patterns("__pycache__")} if copy is shutil.copytree else {}))
