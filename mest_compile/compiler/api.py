@@ -12,12 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mest_compile.compiler.backend import CompiledConvBackend
+from mest_compile.compiler.backend import CompiledConvBackend, geometry_of
 from mest_compile.compiler.build import KernelGateError, kernels_for
 from mest_compile.compiler.families import KernelFamily, family_for
 from mest_compile.compiler.formats.geometry import ConvGeometry
 from mest_compile.compiler.policy import RecompilePolicy
 from mest_compile.errors import MestError
+from mest_compile.sparsity.module import SparseConv2d
 
 
 def _single(value: int | tuple[int, ...], what: str) -> int:
@@ -62,7 +63,7 @@ def sparse_conv2d(
     return family.conv(x, weight, family.pack(kernels, mask), kernels)
 
 
-def unsupported(module: nn.Module) -> str | None:
+def unsupported(module: SparseConv2d) -> str | None:
     """Why `module` (a `SparseConv2d`) cannot use compiled kernels, or None if it can."""
     if module.groups != 1 or tuple(module.dilation) != (1, 1):
         return "grouped or dilated conv"
@@ -114,14 +115,12 @@ def compile_model(
                 reason = str(err)
         entry: dict[str, Any] = {"scheme": module.scheme.name}
         if family is not None and name in inputs:
-            geometry = ConvGeometry.of(tuple(inputs[name].shape), tuple(module.weight.shape), module.stride[0],
-                                       module.padding[0])
-            reason = family.supports(geometry)
+            reason = family.supports(geometry_of(module, tuple(inputs[name].shape)))
         if reason is None and family is not None:
             backend = CompiledConvBackend(family, target, policy)
             module.backend = backend
             if name in inputs:
-                entry.update(_measure(module, inputs[name]))
+                entry.update(_measure(module, backend, inputs[name]))
                 if backend.failure is not None:
                     reason = backend.failure
                 elif fallback == "measure" and entry["speedup"] < 1.0:
@@ -140,7 +139,7 @@ def layer_inputs(model: nn.Module, example_input: torch.Tensor) -> dict[str, tor
     seen: dict[str, torch.Tensor] = {}
 
     def recorder(name: str) -> Callable[..., None]:
-        def record(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        def record(module: SparseConv2d, args: tuple[torch.Tensor, ...]) -> None:
             seen.setdefault(name, args[0].detach())
 
         return record
@@ -157,30 +156,26 @@ def layer_inputs(model: nn.Module, example_input: torch.Tensor) -> dict[str, tor
     return seen
 
 
-def _measure(module: nn.Module, x: torch.Tensor, reps: int = 5) -> dict[str, float]:
+def _measure(module: SparseConv2d, backend: CompiledConvBackend, x: torch.Tensor, reps: int = 5) -> dict[str, float]:
     """Median forward + backward time of the compiled and the dense conv, interleaved."""
-    backend = module.backend
-    weight = module.weight.detach()
-    mask = module.mask
-
-    def compiled() -> None:
-        w = weight.clone().requires_grad_(True)
-        xi = x.clone().requires_grad_(True)
-        y = backend.family.conv(xi, w, backend._format(module, kernels), kernels)
-        y.backward(torch.ones_like(y))
-
-    def dense() -> None:
-        w = weight.clone().requires_grad_(True)
-        xi = x.clone().requires_grad_(True)
-        y = F.conv2d(xi, w * mask, stride=module.stride, padding=module.padding)
-        y.backward(torch.ones_like(y))
-
-    geometry = ConvGeometry.of(tuple(x.shape), tuple(weight.shape), module.stride[0], module.padding[0])
     try:
-        kernels = kernels_for(backend.family, geometry, backend.target)
+        kernels = kernels_for(backend.family, geometry_of(module, tuple(x.shape)), backend.target)
     except KernelGateError as err:
         backend.failure = str(err)
         return {}
+    weight, mask = module.weight.detach(), module.mask
+    fmt = backend.family.pack(kernels, mask)
+
+    def compiled() -> None:
+        w, xi = weight.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        y = backend.family.conv(xi, w, fmt, kernels)
+        y.backward(torch.ones_like(y))
+
+    def dense() -> None:
+        w, xi = weight.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        y = F.conv2d(xi, w * mask, stride=module.stride, padding=module.padding)
+        y.backward(torch.ones_like(y))
+
     times: dict[str, list[float]] = {"compiled": [], "dense": []}
     runs: dict[str, Callable[[], None]] = {"compiled": compiled, "dense": dense}
     for _ in range(reps + 1):  # the first round warms caches and is dropped

@@ -19,6 +19,8 @@ from mest_compile.compiler.build import KernelGateError, kernels_for
 from mest_compile.compiler.families import KernelFamily, KernelSet, PackedFormat
 from mest_compile.compiler.formats.geometry import ConvGeometry
 from mest_compile.compiler.policy import RecompilePolicy
+from mest_compile.errors import MestError
+from mest_compile.sparsity.module import SparseConv2d
 
 
 @dataclass
@@ -36,6 +38,14 @@ class BackendStats:
         return asdict(self)
 
 
+def geometry_of(module: SparseConv2d, x_shape: tuple[int, ...]) -> ConvGeometry:
+    """The layer geometry of `module` for an input of `x_shape` (explicit, symmetric padding)."""
+    padding = module.padding
+    if isinstance(padding, str):
+        raise MestError(f"compiled kernels need explicit padding, got padding={padding!r}")
+    return ConvGeometry.of(x_shape, tuple(module.weight.shape), module.stride[0], padding[0])
+
+
 class CompiledConvBackend:
     """Compiled forward/backward for one `SparseConv2d` (any batch size)."""
 
@@ -49,7 +59,7 @@ class CompiledConvBackend:
         self._built_signature: tuple = ()
         self._version = -1
 
-    def _format(self, module: nn.Module, kernels: KernelSet) -> PackedFormat:
+    def _format(self, module: SparseConv2d, kernels: KernelSet) -> PackedFormat:
         fmt = self._fmt
         if fmt is None or fmt.geometry != kernels.geometry:
             self._rebuild(module, kernels)
@@ -69,15 +79,15 @@ class CompiledConvBackend:
         assert self._fmt is not None
         return self._fmt
 
-    def _rebuild(self, module: nn.Module, kernels: KernelSet) -> None:
+    def _rebuild(self, module: SparseConv2d, kernels: KernelSet) -> None:
         if self._fmt is not None:
             self.stats.rebuilds += 1
         units = self.family.units(module.mask)
         self._fmt = self.family.pack(kernels, module.mask, capacity=self.policy.capacity(units))
         self._built_signature = self._fmt.signature()
 
-    def __call__(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        geometry = ConvGeometry.of(tuple(x.shape), tuple(module.weight.shape), module.stride[0], module.padding[0])
+    def __call__(self, module: SparseConv2d, x: torch.Tensor) -> torch.Tensor:
+        geometry = geometry_of(module, tuple(x.shape))
         if self.failure is None:
             try:
                 kernels = kernels_for(self.family, geometry, self.target)

@@ -288,8 +288,9 @@ class Trainer:
         totals = {"packs": 0, "repacks": 0, "rebuilds": 0, "overflows": 0, "dense_calls": 0}
         for name, layer in self.layers.items():
             entry = dict(self.kernels.get(name, {}))
-            if layer.backend is not None:
-                stats = layer.backend.stats.to_dict()
+            stats_of = getattr(layer.backend, "stats", None)
+            if stats_of is not None:
+                stats = stats_of.to_dict()
                 entry["backend"] = stats
                 for key in totals:
                     totals[key] += stats[key]

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from mest_compile.compiler.api import layer_inputs
+from mest_compile.compiler.backend import geometry_of
 from mest_compile.compiler.bench.timing import interleaved
 from mest_compile.compiler.build import kernels_for
 from mest_compile.compiler.families import KernelFamily
@@ -41,7 +42,7 @@ def distinct_layers(model_name: str, scheme: str, batch: int, image: tuple[int, 
     shapes = {name: tuple(x.shape) for name, x in layer_inputs(model, torch.zeros(1, channels, height, width)).items()}
     cases: dict[ConvGeometry, list[str]] = {}
     for name, module in layers.items():
-        geo = ConvGeometry.of((batch, *shapes[name][1:]), tuple(module.weight.shape), module.stride[0], module.padding[0])
+        geo = geometry_of(module, (batch, *shapes[name][1:]))
         cases.setdefault(geo, []).append(name)
     return [LayerCase(names[0].removesuffix(".weight"), len(names), geo) for geo, names in cases.items()]
 
@@ -59,7 +60,7 @@ def bench_layer(family: KernelFamily, case: LayerCase, scheme: str, sparsity: fl
     fmt = family.pack(kernels, mask)
     dy = torch.randn(batch, geo.out_channels, geo.out_h, geo.out_w, generator=generator)
     wm = w * mask
-    conv = {"stride": geo.stride, "padding": geo.padding}
+    conv: dict[str, Any] = {"stride": geo.stride, "padding": geo.padding}
     _check(family, kernels, fmt, x, w, mask, dy, conv)
 
     xg, wg, wmg = x.clone().requires_grad_(), w.clone().requires_grad_(), wm.clone().requires_grad_()
@@ -102,7 +103,7 @@ def bench_layer(family: KernelFamily, case: LayerCase, scheme: str, sparsity: fl
 
 
 def _check(family: KernelFamily, kernels: Any, fmt: Any, x: torch.Tensor, w: torch.Tensor, mask: torch.Tensor,
-           dy: torch.Tensor, conv: dict[str, int]) -> None:
+           dy: torch.Tensor, conv: dict[str, Any]) -> None:
     """The gate ran at a small batch; check the benchmarked batch too before timing anything."""
     xs, ws = x.clone().requires_grad_(), w.clone().requires_grad_()
     y = family.conv(xs, ws, fmt, kernels)
