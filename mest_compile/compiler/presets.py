@@ -26,6 +26,9 @@ class Preset:
         host: the TVM target dict of the host code (GPU presets), or None.
         cross_compiler: the program that links libraries for the device, or None (native).
         debian_packages: what the preset says the host needs.
+        description: one line for people (`mest-compile targets`).
+        family: "cpu" or "gpu": which schedule spaces apply.
+        measure: how kernels are timed on the device: "local", "rpc" or "opencl".
     """
 
     name: str
@@ -33,6 +36,9 @@ class Preset:
     host: dict[str, Any] | None = None
     cross_compiler: str | None = None
     debian_packages: tuple[str, ...] = field(default=())
+    description: str = ""
+    family: str = "cpu"
+    measure: str = "local"
 
     def tvm_target(self, host: dict[str, Any] | None = None) -> tvm.target.Target:
         """The TVM target, with `host` (default: the preset's own host) attached.
@@ -72,4 +78,7 @@ def load_preset(name: str) -> Preset:
         host=raw.get("host"),
         cross_compiler=raw.get("cross_compiler"),
         debian_packages=tuple(raw.get("debian_packages", ())),
+        description=raw.get("description", ""),
+        family=raw.get("family", "cpu"),
+        measure=raw.get("measure", "local"),
     )
