@@ -15,13 +15,16 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
 from mest_compile.compiler.formats.geometry import ConvGeometry
 from mest_compile.errors import MestError
 from mest_compile.registry import Registry
+
+if TYPE_CHECKING:
+    from tvm import tirx
 
 
 class PackedFormat(Protocol):
@@ -100,6 +103,38 @@ class KernelFamily(ABC):
         allocation, scattering the weight gradient into the dense gradient), so its time compares
         with `F.conv2d`, `conv2d_input` and `conv2d_weight` of the dense layer.
         """
+
+    # ---- graph rewriting (optional): what the Relax pass (`compiler/rewrite.py`) calls ------
+    #: Names of the forward kernel's runtime buffers, in argument order between `x` and `y`.
+    forward_buffer_names: tuple[str, ...] = ()
+
+    @property
+    def scheme_name(self) -> str:
+        """The family's main scheme name (for messages and kernel records)."""
+        return self.schemes[0] if self.schemes else type(self).__name__
+
+    def forward_func(self, geometry: ConvGeometry) -> "tirx.PrimFunc":
+        """The forward kernel `f(x, *buffers, y)` of `geometry`, scheduled for CPUs.
+
+        Batch size and the buffers' sizes (nonzeros, capacity) stay symbolic, so one compiled
+        graph serves every mask of the layer.
+        """
+        raise MestError(f"scheme {self.scheme_name!r} has no forward kernel for graph rewriting yet")
+
+    def gpu_forward_func(self, geometry: ConvGeometry) -> "tirx.PrimFunc":
+        """The forward kernel scheduled for GPUs (loops bound to blockIdx / threadIdx).
+
+        Same arguments as `forward_func`, so the same packed buffers drive both.
+        """
+        raise MestError(f"scheme {self.scheme_name!r} has no GPU schedule yet")
+
+    def forward_format(self, geometry: ConvGeometry, mask: torch.Tensor) -> PackedFormat:
+        """Pack `mask` for the forward kernel alone (no compiled kernels needed)."""
+        raise MestError(f"scheme {self.scheme_name!r} has no forward kernel for graph rewriting yet")
+
+    def forward_buffers(self, fmt: PackedFormat, weight: torch.Tensor) -> list[torch.Tensor]:
+        """The forward kernel's runtime buffers for `weight` packed by `fmt`, in `forward_buffer_names` order."""
+        raise MestError(f"scheme {self.scheme_name!r} has no forward kernel for graph rewriting yet")
 
 
 FAMILIES: Registry[KernelFamily] = Registry("compiled scheme")

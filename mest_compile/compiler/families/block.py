@@ -135,6 +135,25 @@ class BlockFamily(KernelFamily):
 
         return {"fwd": fwd, "dgrad": dgrad, "wgrad": wgrad}
 
+    # ---- graph rewriting: the forward kernel alone, for call_tir in a Relax graph ------------
+    forward_buffer_names = ("values", "group_ptr", "x_off")
+
+    def forward_func(self, geometry: ConvGeometry) -> tvm.tirx.PrimFunc:
+        rows = BlockTiles.default(geometry, 1).fwd_rows  # forward tiles do not depend on threads
+        return schedule_forward(block_forward(geometry, rows))["main"]
+
+    def gpu_forward_func(self, geometry: ConvGeometry) -> tvm.tirx.PrimFunc:
+        from mest_compile.compiler.kernels.block_fwd_gpu import block_forward_gpu
+        from mest_compile.compiler.schedules.gpu import bind_spatial
+
+        return bind_spatial(block_forward_gpu(geometry), ("conv",))
+
+    def forward_format(self, geometry: ConvGeometry, mask: torch.Tensor) -> BlockFormat:
+        return BlockFormat.pack(mask, geometry)
+
+    def forward_buffers(self, fmt: Any, weight: torch.Tensor) -> list[torch.Tensor]:
+        return [fmt.values(weight).contiguous(), fmt.group_ptr, fmt.x_off]
+
 
 BLOCK = BlockFamily()
 FAMILIES.add("block", BLOCK)

@@ -1,0 +1,48 @@
+"""The GPU-scheduled block forward kernel (what the rewritten graph calls on mali / adreno) on PoCL."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mest_compile.compiler.devices import compile_opencl, devices
+from mest_compile.compiler.devices.opencl import Context, OpenCLError
+from mest_compile.compiler.families import family_for
+from mest_compile.compiler.families.block import random_block_mask
+from mest_compile.compiler.formats.geometry import ConvGeometry
+
+
+@pytest.fixture(scope="module")
+def context(require_tool: Callable[[str], None]) -> Context:
+    try:
+        found = devices()
+    except OpenCLError as err:
+        require_tool(str(err))
+    if not found:
+        require_tool("no OpenCL platform: install the Debian package pocl-opencl-icd for a CPU device")
+    return Context(found[0])
+
+
+@pytest.mark.parametrize(
+    ("geometry", "preset"),
+    [
+        (ConvGeometry(8, 8, 8, 16, 3, 3, stride=1, padding=1), "mali"),
+        (ConvGeometry(8, 9, 7, 12, 3, 3, stride=2, padding=1), "adreno"),  # odd sizes, stride 2
+    ],
+)
+def test_gpu_block_forward_matches_pytorch(context: Context, geometry: ConvGeometry, preset: str) -> None:
+    family = family_for("block")
+    kernel = compile_opencl(family.gpu_forward_func(geometry), preset, context)
+    gen = torch.Generator().manual_seed(0)
+    g = geometry
+    x = torch.randn(2, g.in_channels, g.in_h, g.in_w, generator=gen)
+    w = torch.randn(g.out_channels, g.in_channels, g.kernel_h, g.kernel_w, generator=gen)
+    mask = random_block_mask(g.out_channels, (g.in_channels, g.kernel_h, g.kernel_w), 0.4, gen)  # group 0 empty
+    buffers = family.forward_buffers(family.forward_format(g, mask), w)
+    expected = F.conv2d(x, w * mask, stride=g.stride, padding=g.padding)
+    *_, y = kernel(x, *buffers, np.full(tuple(expected.shape), np.nan, np.float32))
+    np.testing.assert_allclose(y, expected.numpy(), rtol=1e-5, atol=1e-5)
