@@ -1,0 +1,127 @@
+"""Host (x86 / ARM CPU) schedules and tile choices of the irregular-scheme kernels.
+
+The kernels' inner loops (vectorised over output pixels, unrolled over tile rows or nonzeros)
+are part of the templates: vectorisation sits *inside* the data-dependent loop, never around it
+(TVM_NOTES §3.5). The schedules only place the fill stage next to its consumer, so each image's
+scratch is built right before use and stays in L2, and parallelise over images (slots for the
+weight gradient).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import tvm
+from tvm import s_tir, tirx
+
+from mest_compile.compiler.formats.geometry import ConvGeometry
+
+# One AVX-512 register holds 16 floats; rows narrower than that still take one register.
+_LANES = 16
+
+
+def _vectors(width: int) -> int:
+    return -(-width // _LANES)
+
+
+def _largest_divisor(n: int, limit: int) -> int:
+    return max(d for d in range(1, max(1, min(n, limit)) + 1) if n % d == 0)
+
+
+@dataclass(frozen=True)
+class IrregularTiles:
+    """Register-tile sizes of the three kernels (the knobs a tuner would sample)."""
+
+    # rows x OW accumulators per filter. Each nonzero costs an index load and a broadcast
+    # before its rows x OW vector FMAs, so taller tiles amortise that, but every filter of the
+    # tile reads rows + kh - 1 input rows of every channel: measured on the ResNet-32 layers
+    # (single thread), 4 rows beat 8 by 8-20% (the tile's scratch then stays near L1 size) and
+    # beat 2 by 10%.
+    fwd_rows: int
+    # rows x dx-phase width accumulators per phase; each loaded value is used once, so 8 chains
+    # already cover the FMA latency and more only adds register pressure.
+    dgrad_rows: int
+    # cols x OW accumulators: one dy row and `cols` scratch rows per `cols` FMAs. Measured
+    # (single thread) 4 columns for one-vector rows and 2 for two-vector rows: longer tiles
+    # leave more of a filter's short per-channel-block segments to the one-at-a-time tail.
+    wgrad_cols: int
+    # Parallel image slots of the weight gradient (one per thread).
+    wgrad_slots: int
+    # Images per register accumulation of the weight gradient: at least ~16 output rows, so
+    # the partial-sum update stays a small overhead.
+    wgrad_images: int
+    # Filters per input-gradient chunk: the dy rows a tile reads from one chunk should stay in
+    # L1; fewer filters per chunk cost more partial-sum traffic.
+    dgrad_chunk: int
+    # Input channels per weight-gradient block: the block's input scratch should stay in L1 while
+    # every filter's segment in it runs; smaller blocks re-read dy (from L2) more often and cut
+    # the filters' rows into shorter segments (more single-nonzero tails).
+    wgrad_channels: int
+
+    @classmethod
+    def default(cls, geo: ConvGeometry, threads: int) -> "IrregularTiles":
+        dgrad_rows = _largest_divisor(geo.dx_rows, max(1, 8 // _vectors(geo.dx_cols)))
+        return cls(
+            fwd_rows=_largest_divisor(geo.out_h, max(1, min(4, 8 // _vectors(geo.out_w)))),
+            dgrad_rows=dgrad_rows,
+            wgrad_cols=max(1, 4 // _vectors(geo.out_w)),
+            wgrad_slots=max(1, threads),
+            wgrad_images=max(1, 16 // geo.out_h),
+            dgrad_chunk=dgrad_chunk_filters(geo, dgrad_rows),
+            wgrad_channels=wgrad_channel_block(geo),
+        )
+
+
+# Bytes of dy rows one input-gradient chunk may touch per tile (about one 32 KiB L1d), and the
+# fewest filters per chunk per dx phase: a chunk re-loads and re-stores the tile's partial sums,
+# which only pays when each (chunk, channel) has several nonzeros to add (at 10% density a
+# 3x3 layer has ~0.9 per filter and channel).
+DGRAD_CHUNK_BYTES = 32 * 1024
+DGRAD_MIN_FILTERS = 16
+
+
+def dgrad_chunk_filters(geo: ConvGeometry, rows: int) -> int:
+    """Filters per input-gradient chunk for `rows`-row tiles (all filters: no chunking)."""
+    tile_rows = rows + geo.dy_rows - geo.dx_rows
+    per_filter = geo.dy_copies * tile_rows * geo.dy_pitch * 4
+    fit = max(DGRAD_CHUNK_BYTES // per_filter, DGRAD_MIN_FILTERS * geo.stride**2)
+    return max(1, min(geo.out_channels, fit))
+
+
+# Bytes of input scratch one weight-gradient channel block may span (half the L1d: dy rows and
+# the partial sums share it).
+WGRAD_BLOCK_BYTES = 16 * 1024
+
+
+def wgrad_channel_block(geo: ConvGeometry) -> int:
+    """Input channels per weight-gradient block (all channels: one block)."""
+    per_channel = geo.stride * geo.x_rows * geo.x_pitch * 4
+    return max(1, min(geo.in_channels, WGRAD_BLOCK_BYTES // per_channel))
+
+
+def _fill_at_image(func: tirx.PrimFunc, consumer: str) -> tvm.IRModule:
+    sch = s_tir.Schedule(func)
+    loops = sch.get_loops(sch.get_sblock(consumer))
+    sch.compute_at(sch.get_sblock("fill"), loops[0])
+    sch.parallel(loops[0])
+    return sch.mod
+
+
+def schedule_forward(func: tirx.PrimFunc) -> tvm.IRModule:
+    """Fill each image's input scratch under the image loop; images in parallel."""
+    return _fill_at_image(func, "conv")
+
+
+def schedule_dgrad(func: tirx.PrimFunc) -> tvm.IRModule:
+    """Fill each image's dy scratch under the image loop; images in parallel."""
+    return _fill_at_image(func, "dgrad")
+
+
+def schedule_wgrad(func: tirx.PrimFunc) -> tvm.IRModule:
+    """Slots in parallel; the final slot/lane reduction in parallel over nonzeros."""
+    sch = s_tir.Schedule(func)
+    (slot,) = sch.get_loops(sch.get_sblock("wgrad"))
+    sch.parallel(slot)
+    (j,) = sch.get_loops(sch.get_sblock("reduce"))
+    sch.parallel(j)
+    return sch.mod
