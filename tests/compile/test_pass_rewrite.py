@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mest_compile.compiler.export import build, run
+from mest_compile.compiler.families import KernelFamily, family_for
 from mest_compile.compiler.rewrite import rewrite
 from mest_compile.compiler.rewritten import Rewritten
 from mest_compile.compiler.trace import Traced, model_tensors, trace
@@ -111,6 +112,20 @@ def test_resnet32_block_profile_both_modes() -> None:
             _close(run(executable, x, runtime.arguments(model_tensors(model))), model.eval()(x))
 
 
+@pytest.mark.parametrize("scheme", ["irregular"])
+def test_every_compiled_scheme_rewrites_and_matches(scheme: str) -> None:
+    torch.manual_seed(2)
+    model = build_model("small_cnn", num_classes=10, in_channels=3)
+    sparsify(model, scheme, uniform_profile(model, 0.8, layers="all"))
+    out = rewrite(trace(model, torch.randn(2, 3, 8, 8)), "host")
+    assert len(out.replaced) == 3 and not out.skipped
+    _check(model, out, (3, 8, 8))
+    gen = torch.Generator().manual_seed(1)  # a new mask, same executable
+    for layer in sparse_layers(model).values():
+        layer.set_mask_(mask_for(torch.randn(layer.weight.shape, generator=gen), scheme, 0.6))
+    _check(model, out, (3, 8, 8), batches=(2,))
+
+
 class _PlainMasked(nn.Module):
     """No SparseConv2d: `conv2d(x, mask * weight)` spelled by hand, a dilated one, and a dense one."""
 
@@ -142,8 +157,11 @@ def test_plain_graph_pattern_and_unsupported_convs_stay() -> None:
         _close(run(build(out), x, out.arguments(model_tensors(model))), model(x))
 
 
-def test_a_scheme_without_a_graph_kernel_is_reported(small: tuple[nn.Module, Traced]) -> None:
+def test_a_scheme_without_a_graph_kernel_is_reported(small: tuple[nn.Module, Traced],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     _, traced = small
+    family = family_for("irregular")
+    monkeypatch.setattr(type(family), "forward_func", KernelFamily.forward_func)  # as a new scheme starts out
     # A bare module: only the scheme given here is known; the other masked convs have none.
     out = rewrite(traced.module, "host", schemes={"p_features_conv1_weight": "irregular"})
     assert out.replaced == []

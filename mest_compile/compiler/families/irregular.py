@@ -141,6 +141,19 @@ class IrregularFamily(KernelFamily):
         return {"fwd": fwd, "dgrad": dgrad, "wgrad": wgrad}
 
 
+    # ---- graph rewriting: the forward kernel alone, for call_tir in a Relax graph ------------
+    forward_buffer_names = ("values", "row_ptr", "x_off")
+
+    def forward_func(self, geometry: ConvGeometry) -> tvm.tirx.PrimFunc:
+        rows = IrregularTiles.default(geometry, 1).fwd_rows  # forward tiles do not depend on threads
+        return schedule_forward(irregular_forward(geometry, rows))["main"]
+
+    def forward_format(self, geometry: ConvGeometry, mask: torch.Tensor) -> IrregularFormat:
+        return IrregularFormat.pack(mask, geometry)
+
+    def forward_buffers(self, fmt: Any, weight: torch.Tensor) -> list[torch.Tensor]:
+        return [fmt.values(weight).contiguous(), fmt.row_ptr, fmt.x_off]
+
 IRREGULAR = IrregularFamily()
 FAMILIES.add("irregular", IRREGULAR)
 
