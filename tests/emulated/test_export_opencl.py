@@ -1,4 +1,4 @@
-"""The GPU-scheduled block forward kernel (what the rewritten graph calls on mali / adreno) on PoCL."""
+"""The GPU-scheduled forward kernels (what the rewritten graph calls on mali / adreno) on PoCL."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from mest_compile.compiler.devices import compile_opencl, devices
 from mest_compile.compiler.devices.opencl import Context, OpenCLError
 from mest_compile.compiler.families import family_for
-from mest_compile.compiler.families.block import random_block_mask
 from mest_compile.compiler.formats.geometry import ConvGeometry
 
 
@@ -27,6 +26,7 @@ def context(require_tool: Callable[[str], None]) -> Context:
     return Context(found[0])
 
 
+@pytest.mark.parametrize("scheme", ["block", "irregular"])
 @pytest.mark.parametrize(
     ("geometry", "preset"),
     [
@@ -34,14 +34,14 @@ def context(require_tool: Callable[[str], None]) -> Context:
         (ConvGeometry(8, 9, 7, 12, 3, 3, stride=2, padding=1), "adreno"),  # odd sizes, stride 2
     ],
 )
-def test_gpu_block_forward_matches_pytorch(context: Context, geometry: ConvGeometry, preset: str) -> None:
-    family = family_for("block")
+def test_gpu_forward_matches_pytorch(context: Context, scheme: str, geometry: ConvGeometry, preset: str) -> None:
+    family = family_for(scheme)
     kernel = compile_opencl(family.gpu_forward_func(geometry), preset, context)
     gen = torch.Generator().manual_seed(0)
     g = geometry
     x = torch.randn(2, g.in_channels, g.in_h, g.in_w, generator=gen)
     w = torch.randn(g.out_channels, g.in_channels, g.kernel_h, g.kernel_w, generator=gen)
-    mask = random_block_mask(g.out_channels, (g.in_channels, g.kernel_h, g.kernel_w), 0.4, gen)  # group 0 empty
+    mask = family.random_mask(tuple(w.shape), gen)  # with an empty unit
     buffers = family.forward_buffers(family.forward_format(g, mask), w)
     expected = F.conv2d(x, w * mask, stride=g.stride, padding=g.padding)
     *_, y = kernel(x, *buffers, np.full(tuple(expected.shape), np.nan, np.float32))

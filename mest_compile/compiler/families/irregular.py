@@ -148,6 +148,12 @@ class IrregularFamily(KernelFamily):
         rows = IrregularTiles.default(geometry, 1).fwd_rows  # forward tiles do not depend on threads
         return schedule_forward(irregular_forward(geometry, rows))["main"]
 
+    def gpu_forward_func(self, geometry: ConvGeometry) -> tvm.tirx.PrimFunc:
+        from mest_compile.compiler.kernels.irregular_fwd_gpu import irregular_forward_gpu
+        from mest_compile.compiler.schedules.gpu import bind_spatial
+
+        return bind_spatial(irregular_forward_gpu(geometry), ("conv",))
+
     def forward_format(self, geometry: ConvGeometry, mask: torch.Tensor) -> IrregularFormat:
         return IrregularFormat.pack(mask, geometry)
 
