@@ -1,0 +1,190 @@
+"""Packed format of the pattern schemes (`pattern`, `pattern+filter_balance`).
+
+Every 3x3 kernel `(o, c)` is empty or keeps the 4 entries of one of MEST's 8 patterns. The
+format lists the kept kernels twice, each list grouped by pattern (PatDNN's filter-kernel
+reorder), so that the kernels run one pattern-specialised loop per (filter, pattern) with the
+pattern's 4 taps as compile-time constants:
+
+* by filter (forward and weight gradient): kernels sorted by `(o, pattern, c)`; `fwd_ptr` is a
+  CSR over `o * 8 + pattern - 1` and `x_off[j]` the input-scratch base of kernel `j`'s channel
+  (the tap offsets inside a channel are constants, see `pattern_tap_offsets`);
+* by input channel (input gradient): the same kernels sorted by `(c, pattern, o)`; `dx_ptr` is a
+  CSR over `c * 8 + pattern - 1`, `dx_ker[e]` the kernel (row of `values`) and `dx_off[e]` the
+  gradient-scratch base of its filter `o`.
+
+`values` is `(nnz, 4)`: each kept kernel's 4 entries in the pattern's row-major tap order. Buffers
+are sized by a capacity in kernels; a new mask that fits is a repack in torch (same buffers,
+same compiled kernels).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+from mest_compile.compiler.formats.geometry import ConvGeometry
+from mest_compile.errors import MestError
+from mest_compile.sparsity.schemes.pattern import PATTERNS, kernel_patterns
+
+SCHEMES = ("pattern", "pattern+filter_balance")
+NUM_PATTERNS = 8
+TAPS_PER_KERNEL = 4
+
+
+@lru_cache(maxsize=None)
+def pattern_taps() -> tuple[tuple[tuple[int, int], ...], ...]:
+    """`(kh, kw)` of each pattern's 4 kept entries, row-major (the order of `values` columns)."""
+    taps = []
+    for pattern in PATTERNS:
+        kh, kw = pattern.nonzero(as_tuple=True)
+        taps.append(tuple(zip(kh.tolist(), kw.tolist())))
+    return tuple(taps)
+
+
+def pattern_ids(mask: torch.Tensor) -> torch.Tensor:
+    """(O, C) long pattern id per kernel (0 = empty); raises on a kernel that is neither.
+
+    Raises:
+        MestError: the mask is not a 3x3 pattern mask.
+    """
+    if mask.dim() != 4 or tuple(mask.shape[2:]) != (3, 3):
+        raise MestError(f"pattern format needs a 3x3 conv mask, got shape {tuple(mask.shape)}")
+    ids = kernel_patterns(mask.detach().cpu().to(torch.bool))
+    if bool((ids < 0).any()):
+        raise MestError("mask has a 3x3 kernel that is neither empty nor one of MEST's 8 patterns")
+    return ids
+
+
+@dataclass
+class PatternFormat:
+    """Kept kernels of one layer, grouped by pattern, as runtime index buffers (int32)."""
+
+    geometry: ConvGeometry
+    capacity: int
+    nnz: int
+    fwd_ptr: torch.Tensor  # (O * 8 + 1,)
+    x_off: torch.Tensor  # (capacity,)
+    flat_idx: torch.Tensor  # (capacity, 4) int64 into weight.view(-1)
+    dx_ptr: torch.Tensor  # (C * 8 + 1,)
+    dx_ker: torch.Tensor  # (capacity,)
+    dx_off: torch.Tensor  # (capacity,)
+    x_plane: int  # input-scratch floats per channel plane (the kernels' layout)
+
+    @classmethod
+    def pack(
+        cls, mask: torch.Tensor, geometry: ConvGeometry, capacity: int | None = None, x_plane: int | None = None
+    ) -> "PatternFormat":
+        """Pack a legal pattern `mask` (shaped like the weight) for `geometry`.
+
+        Args:
+            capacity: buffer size in kernels; defaults to the number of kept kernels (at least 1).
+            x_plane: floats between consecutive channels of the kernels' input scratch
+                (`InputLayout.plane` of the kernels; default: `ConvGeometry`'s layout).
+        """
+        ids = pattern_ids(mask)
+        nnz = int((ids > 0).sum())
+        capacity = max(1, nnz) if capacity is None else int(capacity)
+        if nnz > capacity:
+            raise MestError(f"mask keeps {nnz} kernels, more than the capacity {capacity}")
+        o, c = geometry.out_channels, geometry.in_channels
+        fmt = cls(
+            geometry=geometry,
+            capacity=capacity,
+            nnz=0,
+            fwd_ptr=torch.zeros(o * NUM_PATTERNS + 1, dtype=torch.int32),
+            x_off=torch.zeros(capacity, dtype=torch.int32),
+            flat_idx=torch.zeros(capacity, TAPS_PER_KERNEL, dtype=torch.int64),
+            dx_ptr=torch.zeros(c * NUM_PATTERNS + 1, dtype=torch.int32),
+            dx_ker=torch.zeros(capacity, dtype=torch.int32),
+            dx_off=torch.zeros(capacity, dtype=torch.int32),
+            x_plane=geometry.x_rows * geometry.x_pitch if x_plane is None else int(x_plane),
+        )
+        fmt._fill(ids)
+        return fmt
+
+    def fits(self, mask: torch.Tensor) -> bool:
+        """Whether `mask` can be repacked into these buffers (same layer, within capacity)."""
+        geo = self.geometry
+        if tuple(mask.shape) != (geo.out_channels, geo.in_channels, 3, 3):
+            return False
+        return int((pattern_ids(mask) > 0).sum()) <= self.capacity
+
+    def repack_(self, mask: torch.Tensor) -> "PatternFormat":
+        """Refill the buffers in place for a new mask of the same layer (no new buffers)."""
+        ids = pattern_ids(mask)
+        nnz = int((ids > 0).sum())
+        if nnz > self.capacity:
+            raise MestError(f"mask keeps {nnz} kernels, more than the capacity {self.capacity}")
+        self._fill(ids)
+        return self
+
+    def _fill(self, ids: torch.Tensor) -> None:
+        geo = self.geometry
+        n_out, n_in = ids.shape
+        o, c = (ids > 0).nonzero(as_tuple=True)  # row-major: by filter, then channel
+        pat = ids[o, c] - 1  # 0..7
+        # Forward order (o, pattern, c): a stable sort on the (o, pattern) key keeps c ascending.
+        key = o * NUM_PATTERNS + pat
+        order = torch.argsort(key, stable=True)
+        o, c, pat, key = o[order], c[order], pat[order], key[order]
+        nnz = int(o.numel())
+        self.nnz = nnz
+        self.fwd_ptr.zero_()
+        self.fwd_ptr[1:] = torch.cumsum(torch.bincount(key, minlength=n_out * NUM_PATTERNS), 0)
+        self.x_off.zero_()
+        self.x_off[:nnz] = (c * self.x_plane).to(torch.int32)
+        taps = torch.tensor([[kh * 3 + kw for kh, kw in t] for t in pattern_taps()], dtype=torch.int64)
+        self.flat_idx.zero_()
+        self.flat_idx[:nnz] = (o * n_in + c)[:, None] * 9 + taps[pat]
+        # Input-gradient order (c, pattern, o), stable so each run stays sorted by filter.
+        tkey = c * NUM_PATTERNS + pat
+        torder = torch.argsort(tkey, stable=True)
+        self.dx_ptr.zero_()
+        self.dx_ptr[1:] = torch.cumsum(torch.bincount(tkey, minlength=n_in * NUM_PATTERNS), 0)
+        self.dx_ker.zero_()
+        self.dx_ker[:nnz] = torder.to(torch.int32)
+        self.dx_off.zero_()
+        self.dx_off[:nnz] = (o[torder] * geo.dy_plane).to(torch.int32)
+
+    def values(self, weight: torch.Tensor) -> torch.Tensor:
+        """`(nnz, 4)` kept values of `weight`; differentiable (its gradient is zero off the mask)."""
+        return weight.reshape(-1)[self.flat_idx[: self.nnz]]
+
+    def pattern_counts(self) -> torch.Tensor:
+        """(8,) kept kernels per pattern."""
+        per = (self.fwd_ptr[1:] - self.fwd_ptr[:-1]).reshape(-1, NUM_PATTERNS)
+        return per.sum(0)
+
+    def signature(self, buckets: int = 8) -> tuple:
+        """Structure signature: geometry, capacity, kernels-per-filter histogram, kernels per pattern.
+
+        The last element (what `policy.drift` compares) is the kernel count of each of the 8
+        specialised loops, i.e. how the work splits over them; the per-filter histogram says how
+        balanced the filters are (a single bucket under filter balance).
+        """
+        per_filter = (self.fwd_ptr[NUM_PATTERNS::NUM_PATTERNS] - self.fwd_ptr[:-1:NUM_PATTERNS]).to(torch.float32)
+        filter_hist = torch.histc(per_filter, bins=buckets, min=0, max=max(1, self.geometry.in_channels))
+        return (
+            "pattern",
+            self.geometry,
+            self.capacity,
+            tuple(filter_hist.to(torch.int64).tolist()),
+            tuple(self.pattern_counts().tolist()),
+        )
+
+    def buffers(self) -> dict[str, torch.Tensor]:
+        """The index buffers by name (what a kernel call needs besides activations and values)."""
+        return {
+            "fwd_ptr": self.fwd_ptr,
+            "x_off": self.x_off,
+            "dx_ptr": self.dx_ptr,
+            "dx_ker": self.dx_ker,
+            "dx_off": self.dx_off,
+        }
+
+    def nbytes(self) -> int:
+        """Bytes of the index buffers plus the packed values (float32)."""
+        idx = sum(t.numel() * t.element_size() for t in self.buffers().values())
+        return idx + self.capacity * TAPS_PER_KERNEL * 4

@@ -1,0 +1,116 @@
+"""Host (x86 / ARM CPU) schedules and tile choices of the pattern-scheme kernels.
+
+As for the block scheme, the inner loops (pattern-specialised, vectorised over output pixels,
+unrolled over tile rows) are part of the templates, with vectorisation inside the data-dependent
+loops (TVM_NOTES §3.5). The schedules place each fill stage under its consumer's image loop, so
+an image's scratch is built right before use and stays in L2, and parallelise over images
+(slots for the weight gradient).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import tvm
+from tvm import s_tir, tirx
+
+from mest_compile.compiler.formats.geometry import ConvGeometry
+
+# One AVX-512 register holds 16 floats; rows narrower than that still take one register.
+_LANES = 16
+
+
+def _vectors(width: int) -> int:
+    return -(-width // _LANES)
+
+
+def _largest_divisor(n: int, limit: int) -> int:
+    return max(d for d in range(1, max(1, min(n, limit)) + 1) if n % d == 0)
+
+
+@dataclass(frozen=True)
+class PatternTiles:
+    """Register-tile sizes of the three kernels (the knobs a tuner would sample)."""
+
+    # rows x OW accumulators per filter: 8 vectors give 8 independent FMA chains, and more rows
+    # let the taps of a kernel column share more scratch-row loads (a kernel of R rows loads
+    # about 2(R+1) rows for 4R FMAs), while leaving registers for loads and broadcasts. Measured
+    # exception: stride 2 with 16-wide output rows (MEST's layer2.0.conv1), where 2 rows ran 17%
+    # faster than 8, 4 or 1 (4 runs); 8-wide stride-2 rows preferred 8 rows.
+    fwd_rows: int
+    # rows x dx-phase width accumulators per phase: same trade-off as the forward, except that
+    # fewer rows pay when they let the tile's dy rows of all filters fit in L1 (see `dgrad_rows`).
+    dgrad_rows: int
+    # cols x 4 x OW accumulators: one dy row feeds 4*cols FMAs.
+    wgrad_cols: int
+    # Output rows unrolled per weight-gradient step (vertical taps share scratch rows).
+    wgrad_rows: int
+    # Parallel image slots of the weight gradient (one per thread).
+    wgrad_slots: int
+    # Images per register accumulation of the weight gradient: at least ~16 output rows, so
+    # the partial-sum update stays a small overhead.
+    wgrad_images: int
+    # Column phases of the input scratch rounded up to whole vectors (see `InputLayout`; off:
+    # measured no faster here).
+    aligned_input: bool
+
+    @classmethod
+    def default(cls, geo: ConvGeometry, threads: int) -> "PatternTiles":
+        fwd_most = 2 if geo.stride > 1 and geo.out_w > 8 else max(1, 8 // _vectors(geo.out_w))
+        return cls(
+            fwd_rows=_largest_divisor(geo.out_h, fwd_most),
+            dgrad_rows=dgrad_rows(geo),
+            wgrad_cols=max(1, 2 // _vectors(geo.out_w)),
+            wgrad_rows=_largest_divisor(geo.out_h, 2),
+            wgrad_slots=max(1, threads),
+            wgrad_images=max(1, 16 // geo.out_h),
+            aligned_input=False,
+        )
+
+
+# Bytes of dy-scratch rows the input gradient's row tile may touch over all filters (most of a
+# 32 KiB L1d). Measured on layer1 of MEST's ResNet-32 (32 filters, 32-wide rows): 2-row tiles
+# (17 KiB) 11% faster than 4-row tiles (26 KiB); where no tile of at least 2 rows fits (64-128
+# filters), and on both stride-2 layers, the largest register tile measured fastest.
+DGRAD_TILE_BYTES = 24 * 1024
+
+
+def dgrad_rows(geo: ConvGeometry) -> int:
+    """dx rows per input-gradient register tile (stride 1: the largest that fits L1, if any)."""
+    most = max(1, 8 // _vectors(geo.dx_cols))
+    if geo.stride > 1:
+        return _largest_divisor(geo.dx_rows, most)
+    fits = [
+        r for r in range(2, most + 1)
+        if geo.dx_rows % r == 0
+        and geo.out_channels * geo.dy_copies * (r + geo.dy_rows - geo.dx_rows) * geo.dy_pitch * 4 <= DGRAD_TILE_BYTES
+    ]
+    return max(fits) if fits else _largest_divisor(geo.dx_rows, most)
+
+
+def _fill_at_image(func: tirx.PrimFunc, consumer: str) -> tvm.IRModule:
+    sch = s_tir.Schedule(func)
+    loops = sch.get_loops(sch.get_sblock(consumer))
+    sch.compute_at(sch.get_sblock("fill"), loops[0])
+    sch.parallel(loops[0])
+    return sch.mod
+
+
+def schedule_forward(func: tirx.PrimFunc) -> tvm.IRModule:
+    """Fill each image's input scratch under the image loop; images in parallel."""
+    return _fill_at_image(func, "conv")
+
+
+def schedule_dgrad(func: tirx.PrimFunc) -> tvm.IRModule:
+    """Fill each image's dy scratch under the image loop; images in parallel."""
+    return _fill_at_image(func, "dgrad")
+
+
+def schedule_wgrad(func: tirx.PrimFunc) -> tvm.IRModule:
+    """Slots in parallel; the final slot/lane reduction in parallel over kernels."""
+    sch = s_tir.Schedule(func)
+    (slot,) = sch.get_loops(sch.get_sblock("wgrad"))
+    sch.parallel(slot)
+    j, _ = sch.get_loops(sch.get_sblock("reduce"))
+    sch.parallel(j)
+    return sch.mod

@@ -1,0 +1,103 @@
+"""Runtime behaviour of the pattern family: repacking, torch.compile, opcheck, graph rewriting."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mest_compile.compiler import build
+from mest_compile.compiler.families import family_for
+from mest_compile.compiler.families.pattern import PATTERN, pattern_kernels, random_pattern_mask
+from mest_compile.compiler.families.pattern_ops import geometry_list, pattern_conv2d, pattern_conv2d_packed
+from mest_compile.compiler.formats.geometry import ConvGeometry
+from mest_compile.errors import MestError
+
+
+def test_both_schemes_use_the_pattern_family():
+    assert family_for("pattern") is PATTERN
+    assert family_for("pattern+filter_balance") is PATTERN
+    assert PATTERN.supports(ConvGeometry(4, 6, 6, 8, 1, 1)) is not None
+
+
+def test_repack_within_capacity_reuses_the_compiled_kernels():
+    geo = ConvGeometry(8, 8, 8, 16, 3, 3, stride=1, padding=1)
+    gen = torch.Generator().manual_seed(0)
+    w, x = torch.randn(16, 8, 3, 3, generator=gen), torch.randn(2, 8, 8, 8, generator=gen)
+    fmt = pattern_kernels(geo).pack(random_pattern_mask((16, 8, 3, 3), 0.2, gen), capacity=100)
+    builds = build.STATS.builds
+    for density in (0.1, 0.5, 0.7):
+        mask = random_pattern_mask((16, 8, 3, 3), density, gen)
+        fmt.repack_(mask)
+        y = pattern_conv2d_packed(x, w, fmt)
+        assert torch.allclose(y, F.conv2d(x, w * mask, padding=1), atol=1e-4)
+    assert build.STATS.builds == builds
+    with pytest.raises(MestError, match="capacity"):
+        fmt.repack_(torch.ones(16, 8, 3, 3, dtype=torch.bool) & random_pattern_mask((16, 8, 3, 3), 1.0, gen))
+
+
+def test_torch_compile_and_opcheck():
+    geo = ConvGeometry(8, 8, 8, 16, 3, 3, stride=2, padding=1)
+    gen = torch.Generator().manual_seed(5)
+    mask = random_pattern_mask((16, 8, 3, 3), 0.3, gen)
+    fmt = pattern_kernels(geo).pack(mask)
+    w = torch.randn(16, 8, 3, 3, generator=gen, requires_grad=True)
+    x = torch.randn(2, 8, 8, 8, generator=gen, requires_grad=True)
+    fn = torch.compile(lambda x, w: pattern_conv2d_packed(x, w, fmt).square().sum(), fullgraph=True)
+    fn(x, w).backward()
+    xr, wr = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    F.conv2d(xr, wr * mask, stride=2, padding=1).square().sum().backward()
+    assert torch.allclose(x.grad, xr.grad, atol=1e-3)
+    assert torch.allclose(w.grad, wr.grad, atol=1e-3)
+    values = fmt.values(w.detach()).requires_grad_()
+    args = (x.detach().requires_grad_(), values, fmt.fwd_ptr, fmt.x_off, fmt.dx_ptr, fmt.dx_ker, fmt.dx_off,
+            geometry_list(fmt), "host")
+    torch.library.opcheck(pattern_conv2d, args)
+
+
+def test_graph_rewrite_runs_the_pattern_forward():
+    from mest_compile.compiler.export import build as build_graph
+    from mest_compile.compiler.export import run
+    from mest_compile.compiler.rewrite import rewrite
+    from mest_compile.compiler.trace import model_tensors, trace
+    from mest_compile.sparsity.module import sparsify
+    from mest_compile.sparsity.profile import uniform_profile
+    from mest_compile.train.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("small_cnn", num_classes=10, in_channels=3)
+    sparsify(model, "pattern+filter_balance", uniform_profile(model, 0.9))
+    rewritten = rewrite(trace(model, torch.randn(2, 3, 8, 8)), target="host")
+    assert "pattern_fwd" in rewritten.report()
+    executable = build_graph(rewritten)
+    x = torch.randn(3, 3, 8, 8)
+    with torch.no_grad():
+        got = run(executable, x, rewritten.arguments(model_tensors(model)))
+        want = model.eval()(x)
+    assert float((got - want).abs().max()) <= 1e-4 * float(want.abs().max()) + 1e-6
+
+
+def test_aligned_input_layout_knob():
+    """The tuning knob that pads the input scratch's column phases to whole vectors."""
+    import dataclasses
+
+    from mest_compile.compiler.families.pattern import compile_pattern_kernels
+    from mest_compile.compiler.schedules.pattern_host import PatternTiles
+
+    geo = ConvGeometry(4, 16, 16, 8, 3, 3, stride=2, padding=1)
+    kernels = compile_pattern_kernels(geo, tiles=dataclasses.replace(PatternTiles.default(geo, 2), aligned_input=True))
+    assert kernels.layout.aligned and kernels.layout.phase_w % 8 == 0
+    gen = torch.Generator().manual_seed(2)
+    mask = random_pattern_mask((8, 4, 3, 3), 0.5, gen)
+    x, w = torch.randn(2, 4, 16, 16, generator=gen), torch.randn(8, 4, 3, 3, generator=gen)
+    fmt = kernels.pack(mask, capacity=40)
+    wm = (w * mask).requires_grad_()
+    ref = F.conv2d(x, wm, stride=2, padding=1)
+    dy = torch.randn_like(ref)
+    ref.backward(dy)
+    values = fmt.values(w).contiguous()
+    y, dv = torch.empty_like(ref), torch.empty_like(values)
+    kernels.forward(x, values, fmt.fwd_ptr, fmt.x_off, y)
+    kernels.wgrad(x, dy, fmt.fwd_ptr, fmt.x_off, dv)
+    assert torch.allclose(y, ref.detach(), atol=1e-4)
+    assert torch.allclose(dv, fmt.values(wm.grad), atol=1e-4)
