@@ -112,7 +112,7 @@ def test_resnet32_block_profile_both_modes() -> None:
             _close(run(executable, x, runtime.arguments(model_tensors(model))), model.eval()(x))
 
 
-@pytest.mark.parametrize("scheme", ["irregular", "pattern+filter_balance"])
+@pytest.mark.parametrize("scheme", ["irregular", "pattern+filter_balance", "channel"])
 def test_every_compiled_scheme_rewrites_and_matches(scheme: str) -> None:
     torch.manual_seed(2)
     model = build_model("small_cnn", num_classes=10, in_channels=3)

@@ -25,7 +25,7 @@ TEST_LOSS_RTOL = 5e-2  # 359 test images: a few flipped predictions move it by p
 MASK_AGREEMENT = 0.99
 
 
-@pytest.mark.parametrize("scheme", ["free_block_prune_column_4", "irregular", "pattern+filter_balance"])
+@pytest.mark.parametrize("scheme", ["free_block_prune_column_4", "irregular", "pattern+filter_balance", "channel"])
 def test_compiled_training_follows_masked_dense(scheme: str, tmp_path: pathlib.Path) -> None:
     config = dataclasses.replace(BASE, scheme=scheme)
     reference = Trainer(config, tmp_path / "dense")

@@ -150,6 +150,26 @@ class ChannelFamily(KernelFamily):
         return {"fwd": fwd, "dgrad": dgrad, "wgrad": wgrad}
 
 
+    # ---- graph rewriting: the forward kernel alone, for call_tir in a Relax graph ------------
+    forward_buffer_names = ("values", "kept", "slot")
+
+    def forward_func(self, geometry: ConvGeometry) -> tvm.tirx.PrimFunc:
+        # Portable tiles (no CLZERO): a rewritten graph is built for any CPU, not only Zen.
+        tiles = ChannelTiles.default(geometry, 1)
+        return schedule_forward(channel_forward(geometry, tiles.fwd_filters, tiles.fwd_rows))["main"]
+
+    def gpu_forward_func(self, geometry: ConvGeometry) -> tvm.tirx.PrimFunc:
+        from mest_compile.compiler.kernels.channel_fwd_gpu import channel_forward_gpu
+        from mest_compile.compiler.schedules.gpu import bind_spatial
+
+        return bind_spatial(channel_forward_gpu(geometry), ("conv",))
+
+    def forward_format(self, geometry: ConvGeometry, mask: torch.Tensor) -> ChannelFormat:
+        return ChannelFormat.pack(mask, geometry)
+
+    def forward_buffers(self, fmt: Any, weight: torch.Tensor) -> list[torch.Tensor]:
+        return [fmt.values(weight).contiguous(), fmt.kept, fmt.slot]
+
 CHANNEL = ChannelFamily()
 FAMILIES.add("channel", CHANNEL)
 
