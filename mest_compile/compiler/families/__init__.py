@@ -44,7 +44,7 @@ class PackedFormat(Protocol):
         """The kept weights in kernel order; differentiable, so autograd scatters the gradient back."""
 
     def signature(self) -> tuple:
-        """`(scheme, geometry, capacity, histogram)`: the histogram (a tuple of counts, e.g. units
+        """`(scheme, geometry, capacity, ..., histogram)`: the last histogram (a tuple of counts, e.g. units
         per filter bucketed) is what `policy.drift` compares; drift beyond a threshold rebuilds."""
 
     def nbytes(self) -> int:

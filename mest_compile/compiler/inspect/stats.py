@@ -73,7 +73,8 @@ def layer_stats(layer: str, kernel: str, scheme: str, geo: ConvGeometry, weight:
     x_bytes = batch * geo.in_channels * geo.in_h * geo.in_w * 4
     y_bytes = batch * geo.out_channels * pixels * 4
     buffer_bytes = sum(t.numel() * t.element_size() for t in buffers)
-    _, _, capacity, histogram = fmt.signature()
+    signature = fmt.signature()
+    capacity, histogram = signature[2], signature[-1]  # (scheme, geometry, capacity, ..., histogram)
     return LayerStats(
         layer=layer, kernel=kernel, scheme=family.scheme_name, batch=batch, kept_weights=kept, dense_weights=mask.numel(),
         units=int(fmt.nnz), unit=family.unit, capacity=int(capacity), histogram=tuple(int(h) for h in histogram),
