@@ -60,14 +60,13 @@ def kernels_for(family: KernelFamily, geometry: ConvGeometry, target: Any = "hos
     """
     from mest_compile.compiler.gate import check_family
 
-    tgt = resolve_target(target)
-    key = (family_key(family), geometry, str(tgt))
+    key = (family_key(family), geometry, _target_text(target))
     with _LOCK:
         hit = _CACHE.get(key)
         if hit is None:
             if STATS.builds == 0 and (reason := check_thread_environment()):
                 warnings.warn(reason, stacklevel=3)
-            kernels = family.build(geometry, tgt)
+            kernels = family.build(geometry, resolve_target(target))
             STATS.builds += 1
             STATS.build_seconds += kernels.build_seconds
             _CACHE[key] = kernels  # provisional, so the ops the gate runs find these kernels
@@ -83,6 +82,20 @@ def kernels_for(family: KernelFamily, geometry: ConvGeometry, target: Any = "hos
     if isinstance(hit, KernelGateError):
         raise hit
     return hit
+
+
+def _target_text(target: Any) -> str:
+    """The cache key of a target: every op call looks its kernels up, and `str(Target)` costs ~10 us."""
+    try:
+        return _TARGET_TEXT[target]
+    except TypeError:  # a dict: not hashable, rare (the ops pass preset names or target strings)
+        return str(resolve_target(target))
+    except KeyError:
+        text = _TARGET_TEXT[target] = str(resolve_target(target))
+        return text
+
+
+_TARGET_TEXT: dict[Any, str] = {}
 
 
 def clear_cache() -> None:
