@@ -26,7 +26,7 @@ def context(require_tool: Callable[[str], None]) -> Context:
     return Context(found[0])
 
 
-@pytest.mark.parametrize("scheme", ["block", "irregular", "channel"])
+@pytest.mark.parametrize("scheme", ["block", "irregular", "channel", "pattern+filter_balance"])
 @pytest.mark.parametrize(
     ("geometry", "preset"),
     [

@@ -159,6 +159,13 @@ class PatternFamily(KernelFamily):
         layout = input_layout(geometry, tiles.aligned_input)
         return schedule_forward(pattern_forward(geometry, tiles.fwd_rows, layout))["main"]
 
+    def gpu_forward_func(self, geometry: ConvGeometry) -> tvm.tirx.PrimFunc:
+        from mest_compile.compiler.kernels.pattern_fwd_gpu import pattern_forward_gpu
+        from mest_compile.compiler.schedules.gpu import bind_spatial
+
+        layout = input_layout(geometry, PatternTiles.default(geometry, 1).aligned_input)  # as forward_format
+        return bind_spatial(pattern_forward_gpu(geometry, layout.plane), ("conv",))
+
     def forward_format(self, geometry: ConvGeometry, mask: torch.Tensor) -> PatternFormat:
         layout = input_layout(geometry, PatternTiles.default(geometry, 1).aligned_input)
         return PatternFormat.pack(mask, geometry, x_plane=layout.plane)

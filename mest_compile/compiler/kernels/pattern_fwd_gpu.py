@@ -1,0 +1,70 @@
+"""Pattern-scheme forward for GPUs: one work item per (image, filter, output pixel).
+
+Same arguments as the host kernel (`pattern_fwd.py`): `f(x, values, fwd_ptr, x_off, y)`, so the
+same packed `PatternFormat` drives both. A work item walks its filter's kernels pattern by pattern
+(`fwd_ptr` is a CSR over `o * 8 + pattern`), recovers each kernel's input channel from its scratch
+base `x_off = c * plane`, and applies the pattern's 4 taps. The taps' (kh, kw) are read from two
+64-bit constants (2 bits per tap, 8 patterns x 4 taps), so the loops stay uniform and scalar and a
+GPU schedule only binds the block's spatial loops.
+"""
+
+from __future__ import annotations
+
+from tvm import tirx
+from tvm.script import tirx as T
+
+from mest_compile.compiler.formats.geometry import ConvGeometry
+from mest_compile.compiler.formats.pattern import pattern_taps
+
+
+def _packed(values: list[int]) -> int:
+    """2-bit fields, tap `i` at bits 2i..2i+1, as a signed int64 (arithmetic shifts keep the fields)."""
+    bits = sum(v << (2 * i) for i, v in enumerate(values))
+    return bits - (1 << 64) if bits >= 1 << 63 else bits
+
+
+def pattern_forward_gpu(geo: ConvGeometry, plane: int) -> tirx.PrimFunc:
+    """TIR of the GPU forward kernel `f(x, values, fwd_ptr, x_off, y)` (unscheduled).
+
+    Args:
+        plane: input-scratch floats per channel of the host layout (`x_off = c * plane`).
+    """
+    C, H, W, O = geo.in_channels, geo.in_h, geo.in_w, geo.out_channels
+    OH, OW, s, p = geo.out_h, geo.out_w, geo.stride, geo.padding
+    taps = [tap for pattern in pattern_taps() for tap in pattern]
+    patterns, per = len(pattern_taps()), len(pattern_taps()[0])
+    kh_bits, kw_bits = _packed([kh for kh, _ in taps]), _packed([kw for _, kw in taps])
+
+    @T.prim_func(s_tir=True)
+    def pattern_fwd_gpu(x: T.handle, v: T.handle, fp: T.handle, xo: T.handle, y: T.handle):
+        T.func_attr({"global_symbol": "pattern_fwd_gpu", "tirx.noalias": True})
+        N = T.int32()
+        nnz = T.int32()
+        cap = T.int32()
+        X = T.match_buffer(x, (N, C, H, W), "float32")
+        V = T.match_buffer(v, (nnz, per), "float32")
+        FP = T.match_buffer(fp, (O * patterns + 1,), "int32")
+        XO = T.match_buffer(xo, (cap,), "int32")
+        Y = T.match_buffer(y, (N, O, OH, OW), "float32")
+        for n, o, oh, ow in T.grid(N, O, OH, OW):
+            with T.sblock("conv"):
+                vn, vo, vh, vw = T.axis.remap("SSSS", [n, o, oh, ow])
+                T.reads(FP[vo * patterns : vo * patterns + patterns + 1], V[0:nnz, 0:per], XO[0:cap],
+                        X[vn, 0:C, 0:H, 0:W])
+                T.writes(Y[vn, vo, vh, vw])
+                acc = T.sblock_alloc_buffer((1,), "float32", scope="local")
+                acc[0] = T.float32(0)  # explicit: a filter without kernels writes zeros
+                for q in range(patterns):
+                    for j in range(FP[vo * patterns + q], FP[vo * patterns + q + 1]):
+                        c = T.truncdiv(XO[j], plane)
+                        for t in range(per):
+                            shift = T.Cast("int64", (q * per + t) * 2)
+                            kh = T.Cast("int32", T.bitwise_and(T.shift_right(T.int64(kh_bits), shift), T.int64(3)))
+                            kw = T.Cast("int32", T.bitwise_and(T.shift_right(T.int64(kw_bits), shift), T.int64(3)))
+                            row = vh * s + kh - p
+                            col = vw * s + kw - p
+                            inside = row >= 0 and row < H and col >= 0 and col < W
+                            acc[0] = acc[0] + V[j, t] * T.if_then_else(inside, X[vn, c, row, col], T.float32(0))
+                Y[vn, vo, vh, vw] = acc[0]
+
+    return pattern_fwd_gpu
