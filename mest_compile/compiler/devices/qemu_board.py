@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import signal
@@ -195,6 +196,10 @@ class EmulatedBoard:
 
     def _wait_free(self, timeout_s: float) -> rpc.client.TrackerSession:
         deadline = time.monotonic() + timeout_s
+        if self._free_slots() < 1:
+            # An RPC session has no close(): the board frees when the last object referring to it
+            # (the session, a remote module or function) is collected, which cycles can delay.
+            gc.collect()
         while self._free_slots() < 1:
             if time.monotonic() > deadline:
                 raise MestError(f"the emulated board stayed busy for {timeout_s:.0f} s (a session still open?)")
