@@ -17,12 +17,7 @@ from tvm import tirx
 from tvm.script import tirx as T
 
 from mest_compile.compiler.formats.geometry import ConvGeometry
-from mest_compile.compiler.kernels.fill import make_fill
-
-
-def interleave_map(width: int, stride: int, phase_w: int) -> list[int]:
-    """Lane of the concatenated phase vectors that dx column `iw` comes from."""
-    return [(iw % stride) * phase_w + iw // stride for iw in range(width)]
+from mest_compile.compiler.kernels.fill import interleave_map, make_fill
 
 
 def block_dgrad(geo: ConvGeometry, rows: int, chunk_groups: int) -> tirx.PrimFunc:

@@ -1,4 +1,5 @@
-"""The fill stage shared by the block kernels: build a zero-padded (phase-split) scratch plane.
+"""Scratch helpers shared by every scheme's host kernels: the zero-padded (phase-split) fill stage,
+and the lane map that interleaves column phases back into dx rows.
 
 A scratch plane holds `rows` rows of `pitch = stride * phase_w` floats. Row `i` of plane `q`
 (source channel `q % channels`, row phase `q // channels`) comes from source row
@@ -87,3 +88,8 @@ def make_fill(channels: int, src_h: int, src_w: int, stride: int, pad_top: int, 
                     dst[dst_row, base + i * pitch + z] = T.float32(0)
 
     return fill
+
+
+def interleave_map(width: int, stride: int, phase_w: int) -> list[int]:
+    """Lane of the concatenated phase vectors that dx column `iw` comes from."""
+    return [(iw % stride) * phase_w + iw // stride for iw in range(width)]

@@ -18,8 +18,7 @@ from tvm import tirx
 from tvm.script import tirx as T
 
 from mest_compile.compiler.formats.geometry import ConvGeometry
-from mest_compile.compiler.kernels.block_dgrad import interleave_map
-from mest_compile.compiler.kernels.fill import make_fill
+from mest_compile.compiler.kernels.fill import interleave_map, make_fill
 
 
 def irregular_dgrad(geo: ConvGeometry, rows: int, chunk_filters: int) -> tirx.PrimFunc:

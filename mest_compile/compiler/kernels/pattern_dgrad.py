@@ -18,8 +18,7 @@ from tvm.script import tirx as T
 
 from mest_compile.compiler.formats.geometry import ConvGeometry
 from mest_compile.compiler.formats.pattern import NUM_PATTERNS
-from mest_compile.compiler.kernels.block_dgrad import interleave_map
-from mest_compile.compiler.kernels.fill import make_fill
+from mest_compile.compiler.kernels.fill import interleave_map, make_fill
 from mest_compile.compiler.kernels.pattern_taps import chain, dgrad_phase_taps
 
 
