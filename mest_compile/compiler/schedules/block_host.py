@@ -15,18 +15,7 @@ import tvm
 from tvm import s_tir, tirx
 
 from mest_compile.compiler.formats.geometry import ConvGeometry
-
-# One AVX-512 register holds 16 floats; rows narrower than that still take one register.
-_LANES = 16
-
-
-def _vectors(width: int) -> int:
-    return -(-width // _LANES)
-
-
-def _largest_divisor(n: int, limit: int) -> int:
-    return max(d for d in range(1, max(1, min(n, limit)) + 1) if n % d == 0)
-
+from mest_compile.compiler.schedules.host_common import fill_at_image, largest_divisor, vectors
 
 @dataclass(frozen=True)
 class BlockTiles:
@@ -51,11 +40,11 @@ class BlockTiles:
 
     @classmethod
     def default(cls, geo: ConvGeometry, threads: int) -> "BlockTiles":
-        dgrad_rows = _largest_divisor(geo.dx_rows, max(1, 8 // _vectors(geo.dx_cols)))
+        dgrad_rows = largest_divisor(geo.dx_rows, max(1, 8 // vectors(geo.dx_cols)))
         return cls(
-            fwd_rows=_largest_divisor(geo.out_h, max(1, 4 // _vectors(geo.out_w))),
+            fwd_rows=largest_divisor(geo.out_h, max(1, 4 // vectors(geo.out_w))),
             dgrad_rows=dgrad_rows,
-            wgrad_cols=max(1, 4 // _vectors(geo.out_w)),
+            wgrad_cols=max(1, 4 // vectors(geo.out_w)),
             wgrad_slots=max(1, threads),
             wgrad_images=max(1, 16 // geo.out_h),
             dgrad_chunk=dgrad_chunk_groups(geo, dgrad_rows),
@@ -77,22 +66,14 @@ def dgrad_chunk_groups(geo: ConvGeometry, rows: int) -> int:
     return max(1, min(geo.out_channels // 4, fit))
 
 
-def _fill_at_image(func: tirx.PrimFunc, consumer: str) -> tvm.IRModule:
-    sch = s_tir.Schedule(func)
-    loops = sch.get_loops(sch.get_sblock(consumer))
-    sch.compute_at(sch.get_sblock("fill"), loops[0])
-    sch.parallel(loops[0])
-    return sch.mod
-
-
 def schedule_forward(func: tirx.PrimFunc) -> tvm.IRModule:
     """Fill each image's input scratch under the image loop; images in parallel."""
-    return _fill_at_image(func, "conv")
+    return fill_at_image(func, "conv")
 
 
 def schedule_dgrad(func: tirx.PrimFunc) -> tvm.IRModule:
     """Fill each image's dy scratch under the image loop; images in parallel."""
-    return _fill_at_image(func, "dgrad")
+    return fill_at_image(func, "dgrad")
 
 
 def schedule_wgrad(func: tirx.PrimFunc) -> tvm.IRModule:

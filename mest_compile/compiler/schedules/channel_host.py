@@ -15,19 +15,7 @@ import tvm
 from tvm import s_tir, tirx
 
 from mest_compile.compiler.formats.geometry import ConvGeometry
-
-# One AVX-512 register holds 16 floats; rows narrower than that still take one register (on
-# Zen 4 a 256-bit FMA has the same FLOP rate per cycle as a 512-bit one, which it double-pumps).
-_LANES = 16
-
-
-def _vectors(width: int) -> int:
-    return -(-width // _LANES)
-
-
-def _largest_divisor(n: int, limit: int) -> int:
-    return max(d for d in range(1, max(1, min(n, limit)) + 1) if n % d == 0)
-
+from mest_compile.compiler.schedules.host_common import fill_at_image, largest_divisor, vectors
 
 @dataclass(frozen=True)
 class ChannelTiles:
@@ -62,15 +50,15 @@ class ChannelTiles:
 
     @classmethod
     def default(cls, geo: ConvGeometry, threads: int, clzero: bool = False) -> "ChannelTiles":
-        out_v, dx_v = _vectors(geo.out_w), _vectors(geo.dx_cols)
+        out_v, dx_v = vectors(geo.out_w), vectors(geo.dx_cols)
         channels = 4 if geo.in_channels >= 4 else geo.in_channels
         taps = geo.kernel_h * geo.kernel_w
         return cls(
             fwd_filters=4,
-            fwd_rows=_largest_divisor(geo.out_h, max(1, 4 // out_v)),
+            fwd_rows=largest_divisor(geo.out_h, max(1, 4 // out_v)),
             fwd_clzero=clzero,
             dgrad_channels=channels,
-            dgrad_rows=_largest_divisor(geo.dx_rows, max(1, 16 // (channels * geo.stride * dx_v))),
+            dgrad_rows=largest_divisor(geo.dx_rows, max(1, 16 // (channels * geo.stride * dx_v))),
             wgrad_filters=max(1, min(4, (18 // taps) if out_v == 1 else 24 // (geo.kernel_w * out_v))),
             wgrad_kh_rows=geo.kernel_h if out_v == 1 else 1,
             wgrad_slots=max(1, threads),
@@ -87,22 +75,14 @@ def has_clzero(target: tvm.target.Target) -> bool:
     return mcpu.startswith("znver") or "+clzero" in mattr
 
 
-def _fill_at_image(func: tirx.PrimFunc, consumer: str) -> tvm.IRModule:
-    sch = s_tir.Schedule(func)
-    loops = sch.get_loops(sch.get_sblock(consumer))
-    sch.compute_at(sch.get_sblock("fill"), loops[0])
-    sch.parallel(loops[0])
-    return sch.mod
-
-
 def schedule_forward(func: tirx.PrimFunc) -> tvm.IRModule:
     """Fill each image's input scratch under the image loop; images in parallel."""
-    return _fill_at_image(func, "conv")
+    return fill_at_image(func, "conv")
 
 
 def schedule_dgrad(func: tirx.PrimFunc) -> tvm.IRModule:
     """Fill each image's (kept) dy scratch under the image loop; images in parallel."""
-    return _fill_at_image(func, "dgrad")
+    return fill_at_image(func, "dgrad")
 
 
 def schedule_wgrad(func: tirx.PrimFunc) -> tvm.IRModule:

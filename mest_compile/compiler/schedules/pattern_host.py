@@ -15,18 +15,7 @@ import tvm
 from tvm import s_tir, tirx
 
 from mest_compile.compiler.formats.geometry import ConvGeometry
-
-# One AVX-512 register holds 16 floats; rows narrower than that still take one register.
-_LANES = 16
-
-
-def _vectors(width: int) -> int:
-    return -(-width // _LANES)
-
-
-def _largest_divisor(n: int, limit: int) -> int:
-    return max(d for d in range(1, max(1, min(n, limit)) + 1) if n % d == 0)
-
+from mest_compile.compiler.schedules.host_common import fill_at_image, largest_divisor, vectors
 
 @dataclass(frozen=True)
 class PatternTiles:
@@ -56,12 +45,12 @@ class PatternTiles:
 
     @classmethod
     def default(cls, geo: ConvGeometry, threads: int) -> "PatternTiles":
-        fwd_most = 2 if geo.stride > 1 and geo.out_w > 8 else max(1, 8 // _vectors(geo.out_w))
+        fwd_most = 2 if geo.stride > 1 and geo.out_w > 8 else max(1, 8 // vectors(geo.out_w))
         return cls(
-            fwd_rows=_largest_divisor(geo.out_h, fwd_most),
+            fwd_rows=largest_divisor(geo.out_h, fwd_most),
             dgrad_rows=dgrad_rows(geo),
-            wgrad_cols=max(1, 2 // _vectors(geo.out_w)),
-            wgrad_rows=_largest_divisor(geo.out_h, 2),
+            wgrad_cols=max(1, 2 // vectors(geo.out_w)),
+            wgrad_rows=largest_divisor(geo.out_h, 2),
             wgrad_slots=max(1, threads),
             wgrad_images=max(1, 16 // geo.out_h),
             aligned_input=False,
@@ -77,33 +66,25 @@ DGRAD_TILE_BYTES = 24 * 1024
 
 def dgrad_rows(geo: ConvGeometry) -> int:
     """dx rows per input-gradient register tile (stride 1: the largest that fits L1, if any)."""
-    most = max(1, 8 // _vectors(geo.dx_cols))
+    most = max(1, 8 // vectors(geo.dx_cols))
     if geo.stride > 1:
-        return _largest_divisor(geo.dx_rows, most)
+        return largest_divisor(geo.dx_rows, most)
     fits = [
         r for r in range(2, most + 1)
         if geo.dx_rows % r == 0
         and geo.out_channels * geo.dy_copies * (r + geo.dy_rows - geo.dx_rows) * geo.dy_pitch * 4 <= DGRAD_TILE_BYTES
     ]
-    return max(fits) if fits else _largest_divisor(geo.dx_rows, most)
-
-
-def _fill_at_image(func: tirx.PrimFunc, consumer: str) -> tvm.IRModule:
-    sch = s_tir.Schedule(func)
-    loops = sch.get_loops(sch.get_sblock(consumer))
-    sch.compute_at(sch.get_sblock("fill"), loops[0])
-    sch.parallel(loops[0])
-    return sch.mod
+    return max(fits) if fits else largest_divisor(geo.dx_rows, most)
 
 
 def schedule_forward(func: tirx.PrimFunc) -> tvm.IRModule:
     """Fill each image's input scratch under the image loop; images in parallel."""
-    return _fill_at_image(func, "conv")
+    return fill_at_image(func, "conv")
 
 
 def schedule_dgrad(func: tirx.PrimFunc) -> tvm.IRModule:
     """Fill each image's dy scratch under the image loop; images in parallel."""
-    return _fill_at_image(func, "dgrad")
+    return fill_at_image(func, "dgrad")
 
 
 def schedule_wgrad(func: tirx.PrimFunc) -> tvm.IRModule:
