@@ -12,18 +12,14 @@ import torch
 from torch import Tensor
 
 from mest_compile.compiler.families.block import block_kernels
+from mest_compile.compiler.families.op_args import geometry_from, row_major
 from mest_compile.compiler.formats.block import BlockFormat
-from mest_compile.compiler.formats.geometry import ConvGeometry
 from mest_compile.errors import MestError
-
-
-def _geometry(g: list[int]) -> ConvGeometry:
-    return ConvGeometry(*g[:8])
 
 
 def _kernels(g: list[int], target: str):
     """The cached kernels for a geometry list, checked against the format's dgrad chunking."""
-    kernels = block_kernels(_geometry(g), target)
+    kernels = block_kernels(geometry_from(g), target)
     if kernels.tiles.dgrad_chunk != g[8]:
         raise MestError(
             f"format packed with {g[8]} groups per input-gradient chunk, the kernels expect "
@@ -32,33 +28,21 @@ def _kernels(g: list[int], target: str):
     return kernels
 
 
-def _contig(t: Tensor) -> Tensor:
-    """`t` with exactly row-major strides, which TVM checks (torch's `is_contiguous` ignores the
-    strides of size-0 and size-1 dimensions, e.g. the expanded gradient of `y.sum()`)."""
-    expected, step = [], 1
-    for size in reversed(t.shape):
-        expected.append(step)
-        step *= size
-    if tuple(t.stride()) == tuple(reversed(expected)):
-        return t
-    return torch.empty(t.shape, dtype=t.dtype, device=t.device).copy_(t)
-
-
 @torch.library.custom_op("mest::block_conv2d", mutates_args=())
 def block_conv2d(
     x: Tensor, values: Tensor, group_ptr: Tensor, x_off: Tensor, dx_ptr: Tensor, dx_blk: Tensor, dx_off: Tensor,
     geometry: list[int], target: str,
 ) -> Tensor:
     """Forward of the block-sparse conv; `geometry` is `geometry_list(fmt)`."""
-    geo = _geometry(geometry)
+    geo = geometry_from(geometry)
     y = x.new_empty(x.shape[0], geo.out_channels, geo.out_h, geo.out_w)
-    _kernels(geometry, target).forward(_contig(x), _contig(values), group_ptr, x_off, y)
+    _kernels(geometry, target).forward(row_major(x), row_major(values), group_ptr, x_off, y)
     return y
 
 
 @block_conv2d.register_fake
 def _(x, values, group_ptr, x_off, dx_ptr, dx_blk, dx_off, geometry, target):
-    geo = _geometry(geometry)
+    geo = geometry_from(geometry)
     return x.new_empty(x.shape[0], geo.out_channels, geo.out_h, geo.out_w)
 
 
@@ -67,24 +51,23 @@ def block_conv2d_dgrad(
     dy: Tensor, values: Tensor, dx_ptr: Tensor, dx_blk: Tensor, dx_off: Tensor, geometry: list[int], target: str
 ) -> Tensor:
     """Input gradient of `block_conv2d`."""
-    geo = _geometry(geometry)
+    geo = geometry_from(geometry)
     dx = dy.new_empty(dy.shape[0], geo.in_channels, geo.in_h, geo.in_w)
-    _kernels(geometry, target).dgrad(_contig(dy), _contig(values), dx_ptr, dx_blk, dx_off, dx)
+    _kernels(geometry, target).dgrad(row_major(dy), row_major(values), dx_ptr, dx_blk, dx_off, dx)
     return dx
 
 
 @block_conv2d_dgrad.register_fake
 def _(dy, values, dx_ptr, dx_blk, dx_off, geometry, target):
-    geo = _geometry(geometry)
+    geo = geometry_from(geometry)
     return dy.new_empty(dy.shape[0], geo.in_channels, geo.in_h, geo.in_w)
 
 
 @torch.library.custom_op("mest::block_conv2d_wgrad", mutates_args=())
 def block_conv2d_wgrad(x: Tensor, dy: Tensor, group_ptr: Tensor, x_off: Tensor, nnz: int, geometry: list[int], target: str) -> Tensor:
     """Gradient of `block_conv2d` in its packed values, `(nnz, 4)`."""
-    geo = _geometry(geometry)
     dv = x.new_empty(nnz, 4)
-    _kernels(geometry, target).wgrad(_contig(x), _contig(dy), group_ptr, x_off, dv)
+    _kernels(geometry, target).wgrad(row_major(x), row_major(dy), group_ptr, x_off, dv)
     return dv
 
 

@@ -12,67 +12,52 @@ import torch
 from torch import Tensor
 
 from mest_compile.compiler.families.channel import channel_kernels
+from mest_compile.compiler.families.op_args import geometry_from, row_major
 from mest_compile.compiler.formats.channel import ChannelFormat
-from mest_compile.compiler.formats.geometry import ConvGeometry
-
-
-def _geometry(g: list[int]) -> ConvGeometry:
-    return ConvGeometry(*g)
-
-
-def _dense(t: Tensor) -> Tensor:
-    """`t` with exactly row-major strides, which TVM checks (torch's `is_contiguous` ignores the
-    strides of size-0 and size-1 dimensions, e.g. the expanded gradient of `y.sum()`)."""
-    step = 1
-    for size, stride in zip(reversed(t.shape), reversed(t.stride())):
-        if stride != step:
-            return torch.empty(t.shape, dtype=t.dtype, device=t.device).copy_(t)
-        step *= size
-    return t
 
 
 @torch.library.custom_op("mest::channel_conv2d", mutates_args=())
 def channel_conv2d(x: Tensor, values: Tensor, kept: Tensor, slot: Tensor, geometry: list[int], target: str) -> Tensor:
     """Forward of the channel-pruned conv; `geometry` is `geometry_list(fmt)`."""
-    geo = _geometry(geometry)
+    geo = geometry_from(geometry)
     y = x.new_empty(x.shape[0], geo.out_channels, geo.out_h, geo.out_w)
-    channel_kernels(geo, target).forward(_dense(x), _dense(values), kept, slot, y)
+    channel_kernels(geo, target).forward(row_major(x), row_major(values), kept, slot, y)
     return y
 
 
 @channel_conv2d.register_fake
 def _(x, values, kept, slot, geometry, target):
-    geo = _geometry(geometry)
+    geo = geometry_from(geometry)
     return x.new_empty(x.shape[0], geo.out_channels, geo.out_h, geo.out_w)
 
 
 @torch.library.custom_op("mest::channel_conv2d_dgrad", mutates_args=())
 def channel_conv2d_dgrad(dy: Tensor, values: Tensor, kept: Tensor, geometry: list[int], target: str) -> Tensor:
     """Input gradient of `channel_conv2d` (a reduction over the kept output channels only)."""
-    geo = _geometry(geometry)
+    geo = geometry_from(geometry)
     dx = dy.new_empty(dy.shape[0], geo.in_channels, geo.in_h, geo.in_w)
-    channel_kernels(geo, target).dgrad(_dense(dy), _dense(values), kept, dx)
+    channel_kernels(geo, target).dgrad(row_major(dy), row_major(values), kept, dx)
     return dx
 
 
 @channel_conv2d_dgrad.register_fake
 def _(dy, values, kept, geometry, target):
-    geo = _geometry(geometry)
+    geo = geometry_from(geometry)
     return dy.new_empty(dy.shape[0], geo.in_channels, geo.in_h, geo.in_w)
 
 
 @torch.library.custom_op("mest::channel_conv2d_wgrad", mutates_args=())
 def channel_conv2d_wgrad(x: Tensor, dy: Tensor, kept: Tensor, nnz: int, geometry: list[int], target: str) -> Tensor:
     """Gradient of `channel_conv2d` in its packed values, `(nnz, C, kh, kw)`."""
-    geo = _geometry(geometry)
+    geo = geometry_from(geometry)
     dv = x.new_empty(nnz, geo.in_channels, geo.kernel_h, geo.kernel_w)
-    channel_kernels(geo, target).wgrad(_dense(x), _dense(dy), kept, dv)
+    channel_kernels(geo, target).wgrad(row_major(x), row_major(dy), kept, dv)
     return dv
 
 
 @channel_conv2d_wgrad.register_fake
 def _(x, dy, kept, nnz, geometry, target):
-    geo = _geometry(geometry)
+    geo = geometry_from(geometry)
     return x.new_empty(nnz, geo.in_channels, geo.kernel_h, geo.kernel_w)
 
 

@@ -13,18 +13,14 @@ import torch
 from torch import Tensor
 
 from mest_compile.compiler.families.irregular import IrregularKernels, irregular_kernels
-from mest_compile.compiler.formats.geometry import ConvGeometry
+from mest_compile.compiler.families.op_args import geometry_from, row_major
 from mest_compile.compiler.formats.irregular import IrregularFormat
 from mest_compile.errors import MestError
 
 
-def _geometry(g: list[int]) -> ConvGeometry:
-    return ConvGeometry(*g[:8])
-
-
 def _kernels(g: list[int], target: str) -> IrregularKernels:
     """The cached kernels for a geometry list, checked against the format's dgrad chunking."""
-    kernels = irregular_kernels(_geometry(g), target)
+    kernels = irregular_kernels(geometry_from(g), target)
     if (kernels.tiles.dgrad_chunk, kernels.tiles.wgrad_channels) != tuple(g[8:10]):
         raise MestError(
             f"format packed with {g[8]} filters per input-gradient chunk and {g[9]} channels per "
@@ -34,33 +30,21 @@ def _kernels(g: list[int], target: str) -> IrregularKernels:
     return kernels
 
 
-def _contig(t: Tensor) -> Tensor:
-    """`t` with exactly row-major strides, which TVM checks (torch's `is_contiguous` ignores the
-    strides of size-0 and size-1 dimensions, e.g. the expanded gradient of `y.sum()`)."""
-    expected, step = [], 1
-    for size in reversed(t.shape):
-        expected.append(step)
-        step *= size
-    if tuple(t.stride()) == tuple(reversed(expected)):
-        return t
-    return torch.empty(t.shape, dtype=t.dtype, device=t.device).copy_(t)
-
-
 @torch.library.custom_op("mest::irregular_conv2d", mutates_args=())
 def irregular_conv2d(
     x: Tensor, values: Tensor, row_ptr: Tensor, seg_ptr: Tensor, x_off: Tensor, dx_ptr: Tensor, dx_val: Tensor,
     dx_off: Tensor, geometry: list[int], target: str,
 ) -> Tensor:
     """Forward of the unstructured sparse conv; `geometry` is `geometry_list(fmt)`."""
-    geo = _geometry(geometry)
+    geo = geometry_from(geometry)
     y = x.new_empty(x.shape[0], geo.out_channels, geo.out_h, geo.out_w)
-    _kernels(geometry, target).forward(_contig(x), _contig(values), row_ptr, x_off, y)
+    _kernels(geometry, target).forward(row_major(x), row_major(values), row_ptr, x_off, y)
     return y
 
 
 @irregular_conv2d.register_fake
 def _(x, values, row_ptr, seg_ptr, x_off, dx_ptr, dx_val, dx_off, geometry, target):
-    geo = _geometry(geometry)
+    geo = geometry_from(geometry)
     return x.new_empty(x.shape[0], geo.out_channels, geo.out_h, geo.out_w)
 
 
@@ -69,15 +53,15 @@ def irregular_conv2d_dgrad(
     dy: Tensor, values: Tensor, dx_ptr: Tensor, dx_val: Tensor, dx_off: Tensor, geometry: list[int], target: str
 ) -> Tensor:
     """Input gradient of `irregular_conv2d`."""
-    geo = _geometry(geometry)
+    geo = geometry_from(geometry)
     dx = dy.new_empty(dy.shape[0], geo.in_channels, geo.in_h, geo.in_w)
-    _kernels(geometry, target).dgrad(_contig(dy), _contig(values), dx_ptr, dx_val, dx_off, dx)
+    _kernels(geometry, target).dgrad(row_major(dy), row_major(values), dx_ptr, dx_val, dx_off, dx)
     return dx
 
 
 @irregular_conv2d_dgrad.register_fake
 def _(dy, values, dx_ptr, dx_val, dx_off, geometry, target):
-    geo = _geometry(geometry)
+    geo = geometry_from(geometry)
     return dy.new_empty(dy.shape[0], geo.in_channels, geo.in_h, geo.in_w)
 
 
@@ -87,7 +71,7 @@ def irregular_conv2d_wgrad(
 ) -> Tensor:
     """Gradient of `irregular_conv2d` in its packed values, `(nnz,)`: one dot product per kept weight."""
     dv = x.new_empty(nnz)
-    _kernels(geometry, target).wgrad(_contig(x), _contig(dy), seg_ptr, x_off, dv)
+    _kernels(geometry, target).wgrad(row_major(x), row_major(dy), seg_ptr, x_off, dv)
     return dv
 
 

@@ -11,30 +11,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mest_compile.compiler.formats.geometry import ConvGeometry
+from mest_compile.compiler.families.op_args import geometry_from, row_major
 from mest_compile.compiler.formats.pattern import TAPS_PER_KERNEL, PatternFormat
-
-
-def _geometry(g: list[int]) -> ConvGeometry:
-    return ConvGeometry(*g[:8])
 
 
 def _kernels(g: list[int], target: str):
     from mest_compile.compiler.families.pattern import pattern_kernels
 
-    return pattern_kernels(_geometry(g), target)
-
-
-def _contig(t: Tensor) -> Tensor:
-    """`t` with exactly row-major strides, which TVM checks (torch's `is_contiguous` ignores the
-    strides of size-0 and size-1 dimensions, e.g. the expanded gradient of `y.sum()`)."""
-    expected, step = [], 1
-    for size in reversed(t.shape):
-        expected.append(step)
-        step *= size
-    if tuple(t.stride()) == tuple(reversed(expected)):
-        return t
-    return torch.empty(t.shape, dtype=t.dtype, device=t.device).copy_(t)
+    return pattern_kernels(geometry_from(g), target)
 
 
 @torch.library.custom_op("mest::pattern_conv2d", mutates_args=())
@@ -43,15 +27,15 @@ def pattern_conv2d(
     geometry: list[int], target: str,
 ) -> Tensor:
     """Forward of the pattern-sparse conv; `geometry` is `geometry_list(fmt)`."""
-    geo = _geometry(geometry)
+    geo = geometry_from(geometry)
     y = x.new_empty(x.shape[0], geo.out_channels, geo.out_h, geo.out_w)
-    _kernels(geometry, target).forward(_contig(x), _contig(values), fwd_ptr, x_off, y)
+    _kernels(geometry, target).forward(row_major(x), row_major(values), fwd_ptr, x_off, y)
     return y
 
 
 @pattern_conv2d.register_fake
 def _(x, values, fwd_ptr, x_off, dx_ptr, dx_ker, dx_off, geometry, target):
-    geo = _geometry(geometry)
+    geo = geometry_from(geometry)
     return x.new_empty(x.shape[0], geo.out_channels, geo.out_h, geo.out_w)
 
 
@@ -60,15 +44,15 @@ def pattern_conv2d_dgrad(
     dy: Tensor, values: Tensor, dx_ptr: Tensor, dx_ker: Tensor, dx_off: Tensor, geometry: list[int], target: str
 ) -> Tensor:
     """Input gradient of `pattern_conv2d`."""
-    geo = _geometry(geometry)
+    geo = geometry_from(geometry)
     dx = dy.new_empty(dy.shape[0], geo.in_channels, geo.in_h, geo.in_w)
-    _kernels(geometry, target).dgrad(_contig(dy), _contig(values), dx_ptr, dx_ker, dx_off, dx)
+    _kernels(geometry, target).dgrad(row_major(dy), row_major(values), dx_ptr, dx_ker, dx_off, dx)
     return dx
 
 
 @pattern_conv2d_dgrad.register_fake
 def _(dy, values, dx_ptr, dx_ker, dx_off, geometry, target):
-    geo = _geometry(geometry)
+    geo = geometry_from(geometry)
     return dy.new_empty(dy.shape[0], geo.in_channels, geo.in_h, geo.in_w)
 
 
@@ -78,7 +62,7 @@ def pattern_conv2d_wgrad(
 ) -> Tensor:
     """Gradient of `pattern_conv2d` in its packed values, `(nnz, 4)`."""
     dv = x.new_empty(nnz, TAPS_PER_KERNEL)
-    _kernels(geometry, target).wgrad(_contig(x), _contig(dy), fwd_ptr, x_off, dv)
+    _kernels(geometry, target).wgrad(row_major(x), row_major(dy), fwd_ptr, x_off, dv)
     return dv
 
 
