@@ -36,6 +36,6 @@ def cli() -> None:
 
 def main() -> None:
     """Console-script entry point."""
-    from mest_compile.cli import bench, inspect, profile, schemes, targets, train  # noqa: F401  (registers the commands)
+    from mest_compile.cli import bench, inspect, profile, schemes, targets, train, tune  # noqa: F401  (registers the commands)
 
     sys.exit(cli.main())

@@ -17,11 +17,16 @@ from mest_compile.cli import cli
 @click.option("--reps", type=int, default=30, show_default=True, help="timed repetitions per pair")
 @click.option("--step/--no-step", default=True, show_default=True, help="also time a whole training step")
 @click.option("--target", default="host", show_default=True, help="target preset (kernels run on this machine)")
+@click.option("--work-dir", type=click.Path(file_okay=False), help="use the kernels tuned by `mest-compile tune` here")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def bench(scheme: str, sparsity: float, model: str, batch: int, reps: int, step: bool, target: str,
-          as_json: bool) -> None:
+          work_dir: str | None, as_json: bool) -> None:
     """Time every distinct sparse layer (forward, input and weight gradient) and a training step."""
     from mest_compile.compiler.bench.run import format_bench, run_bench
+    from mest_compile.compiler.tune.records import use_records
+
+    if work_dir is not None:
+        use_records(work_dir)
 
     result = run_bench(scheme, sparsity, model=model, batch=batch, reps=reps, step=step, target=target)
     click.echo(json.dumps(result) if as_json else format_bench(result))

@@ -23,9 +23,10 @@ from mest_compile.errors import MestError
 @click.option("--mode", type=click.Choice(["runtime", "constant"]), default="runtime", show_default=True,
               help="sparse structure as runtime parameters or baked-in constants")  # fmt: skip
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="write every artifact (and report.html) here")
+@click.option("--work-dir", type=click.Path(file_okay=False), help="show the kernels tuned by `mest-compile tune` here")
 def inspect(model: str | None, profile: str | None, sparsity: float | None, scheme: str, shape: str | None,
             input_shape: str | None, stride: int, padding: int, target: str, show: tuple[str, ...], mode: str,
-            out_dir: str | None) -> None:
+            out_dir: str | None, work_dir: str | None) -> None:
     """Show what the compiler makes of a sparse model or layer at a target (no hardware needed).
 
     \b
@@ -37,7 +38,11 @@ def inspect(model: str | None, profile: str | None, sparsity: float | None, sche
         inspect_subject, layer_subject, model_subject, parse_show, render_text, write_artifacts,
     )  # fmt: skip
 
+    from mest_compile.compiler.tune.records import use_records
+
     sections = parse_show(show)
+    if work_dir is not None:
+        use_records(work_dir)
     if (model is None) == (shape is None):
         raise MestError("give --model (with --profile or --sparsity) or one layer's --shape, not both")
     if shape is not None:

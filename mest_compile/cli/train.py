@@ -48,6 +48,7 @@ HELP = {
     "compiled": "run the sparse layers on compiled TVM kernels (forward and both gradients)",
     "target": "target preset of the compiled kernels",
     "fallback": "measure: a layer whose compiled kernels are slower than dense stays dense; never",
+    "work_dir": "tuning records (a `mest-compile tune --work-dir`) the compiled kernels use",
 }
 
 

@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from torch import nn
 
 from mest_compile.compiler.build import KernelGateError, kernels_for
 from mest_compile.compiler.families import KernelFamily, KernelSet, PackedFormat

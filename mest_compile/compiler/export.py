@@ -21,7 +21,7 @@ import torch
 import tvm
 from tvm import relax
 
-from mest_compile.compiler.presets import load_preset, preset_names
+from mest_compile.compiler.presets import cross_compiler_for
 from mest_compile.compiler.rewritten import Rewritten
 from mest_compile.errors import MestError
 
@@ -47,15 +47,7 @@ def _first_line(err: BaseException) -> str:
 def _cross_compiler(target: tvm.target.Target) -> str | None:
     """The cross compiler of the preset whose host code `target` runs as, or None (this machine)."""
     host = target.host if target.host is not None else target
-    triple = str(host.attrs.get("mtriple", "")) if host.kind.name == "llvm" else ""
-    if not triple or triple.startswith(("x86_64", "i686")):
-        return None
-    for name in preset_names():
-        preset = load_preset(name)
-        spec = preset.host if preset.host is not None else preset.target
-        if preset.cross_compiler and str(spec.get("mtriple", "")) == triple:
-            return preset.cross_compiler
-    raise MestError(f"no target preset names a cross compiler for {triple}")
+    return cross_compiler_for(str(host.attrs.get("mtriple", "")) if host.kind.name == "llvm" else "")
 
 
 def export(rewritten: Rewritten, path: str | Path, executable: Any = None) -> Path:

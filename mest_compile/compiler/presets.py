@@ -82,3 +82,39 @@ def load_preset(name: str) -> Preset:
         family=raw.get("family", "cpu"),
         measure=raw.get("measure", "local"),
     )
+
+
+def cross_compiler_for(triple: str) -> str | None:
+    """The cross compiler a preset names for an LLVM target triple (None: this machine's own).
+
+    Raises:
+        MestError: a foreign triple no preset knows how to link for.
+    """
+    if not triple or triple.startswith(("x86_64", "i686")):
+        return None
+    for name in preset_names():
+        preset = load_preset(name)
+        spec = preset.host if preset.host is not None else preset.target
+        if preset.cross_compiler and str(spec.get("mtriple", "")) == triple:
+            return preset.cross_compiler
+    raise MestError(f"no target preset names a cross compiler for {triple}")
+
+
+def preset_for(target: str) -> Preset:
+    """A preset name's preset, or one derived from a TVM tag, target dict (JSON) or legacy string.
+
+    The derived preset says how kernels for the target are measured: OpenCL through our launcher,
+    CUDA on this machine, a foreign CPU over RPC (cross-linked), any other CPU locally.
+    """
+    from mest_compile.compiler.target import resolve_target
+
+    if target in preset_names():
+        return load_preset(target)
+    tgt = resolve_target(target)
+    kind = tgt.kind.name
+    gpu = "gpu" in [str(k) for k in tgt.keys]
+    triple = str(tgt.attrs.get("mtriple", "")) if kind == "llvm" else ""
+    compiler = cross_compiler_for(triple) if kind == "llvm" else None
+    measure = "opencl" if kind == "opencl" else "rpc" if compiler else "local"
+    return Preset(name=target, target=dict(tgt.export()), cross_compiler=compiler, family="gpu" if gpu else "cpu",
+                  measure=measure, description=f"derived from {target}")

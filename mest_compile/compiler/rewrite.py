@@ -120,7 +120,7 @@ class _SparseConvRewriter(relax.PyExprMutator):
         key = (family.scheme_name, geo)
         if key not in self.kernels:
             gpu = is_gpu(self.target)
-            func = family.gpu_forward_func(geo) if gpu else family.forward_func(geo)
+            func = family.device_forward_func(geo, self.target)
             name = kernel_name(family, geo, gpu)
             self.kernels[key] = self.builder_.add_func(func.with_attr("global_symbol", name), name)
         return self.kernels[key]

@@ -57,6 +57,7 @@ class TrainConfig:
     compiled: bool = False  # run sparse layers on compiled kernels instead of masked dense convs
     target: str = "host"  # target preset of the compiled kernels (they run on this machine)
     fallback: str = "measure"  # `measure`: a layer slower than dense stays dense; `never`
+    work_dir: str | None = None  # tuning records of `mest-compile tune` the compiled kernels replay
     # --- run ---
     threads: int | None = None  # torch intra-op threads; None keeps torch's default
 

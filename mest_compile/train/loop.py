@@ -73,7 +73,9 @@ class Trainer:
         self.kernels: dict[str, dict[str, Any]] = {}
         if config.compiled:
             from mest_compile.compiler.api import compile_model  # the compiler side loads only when asked
+            from mest_compile.compiler.tune.records import use_records
 
+            use_records(config.work_dir)
             self.kernels = compile_model(self.model, config.target, example_input=self.data.train_x[: config.batch_size],
                                          fallback=config.fallback)
         self.forgetting = ForgettingTracker(len(self.data.train_y))

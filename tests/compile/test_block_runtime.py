@@ -12,12 +12,19 @@ from mest_compile.compiler.families import block as block_family
 from mest_compile.compiler.api import compile_model, sparse_conv2d
 from mest_compile.compiler.policy import RecompilePolicy
 from mest_compile.compiler.formats import ConvGeometry
-from mest_compile.compiler.families.block import block_kernels, random_block_mask
-from mest_compile.compiler.families.block_ops import block_conv2d, block_conv2d_packed, geometry_list
+from mest_compile.compiler.families.block import BLOCK, block_kernels, random_block_mask
+from mest_compile.compiler.families import PackedFormat
+from mest_compile.compiler.families.op_args import geometry_list
+from mest_compile.compiler.families.ops import PACKED_CONV2D
 from mest_compile.sparsity.module import SparseConv2d
 
 SCHEME = "free_block_prune_column_4"
 GEO = ConvGeometry(8, 8, 8, 16, 3, 3, stride=1, padding=1)
+
+
+def block_conv2d_packed(x: torch.Tensor, w: torch.Tensor, fmt: PackedFormat) -> torch.Tensor:
+    """The family's differentiable conv through the cached kernels `fmt` was packed for."""
+    return BLOCK.conv(x, w, fmt, block_kernels(fmt.geometry))
 
 
 def _mask(seed, density=0.3):
@@ -43,7 +50,8 @@ def test_torch_compile_fullgraph():
     x = torch.randn(2, 8, 8, 8, requires_grad=True)
     mask = _mask(4)
     fmt = block_kernels(GEO).pack(mask)
-    fn = torch.compile(lambda x, w: block_conv2d_packed(x, w, fmt).square().sum(), fullgraph=True)
+    kernels = block_kernels(fmt.geometry)  # looked up outside: the build cache's lock is not traceable
+    fn = torch.compile(lambda x, w: BLOCK.conv(x, w, fmt, kernels).square().sum(), fullgraph=True)
     fn(x, w).backward()
     xr, wr = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
     F.conv2d(xr, wr * mask, padding=1).square().sum().backward()
@@ -54,14 +62,14 @@ def test_torch_compile_fullgraph():
 def test_opcheck():
     fmt = block_kernels(GEO).pack(_mask(5))
     values = fmt.values(torch.randn(16, 8, 3, 3)).requires_grad_()
-    args = (torch.randn(2, 8, 8, 8, requires_grad=True), values, fmt.group_ptr, fmt.x_off, fmt.dx_ptr, fmt.dx_blk, fmt.dx_off,
-            geometry_list(fmt), "host")
-    torch.library.opcheck(block_conv2d, args)
+    buffers = ([fmt.group_ptr, fmt.x_off], [fmt.dx_ptr, fmt.dx_blk, fmt.dx_off], [fmt.group_ptr, fmt.x_off])
+    args = (torch.randn(2, 8, 8, 8, requires_grad=True), values, *buffers, BLOCK.scheme_name, geometry_list(GEO), "host")
+    torch.library.opcheck(PACKED_CONV2D, args)
 
 
 def test_a_kernel_failing_the_gate_is_never_used(monkeypatch):
     geo = ConvGeometry(4, 6, 6, 8, 3, 3, stride=1, padding=1)
-    real = block_family.compile_block_kernels
+    real = block_family.BLOCK.build
 
     def broken(*args, **kwargs):
         kernels = real(*args, **kwargs)
@@ -69,7 +77,7 @@ def test_a_kernel_failing_the_gate_is_never_used(monkeypatch):
         kernels.forward = lambda x, v, gp, xo, y: (good(x, v, gp, xo, y), y.mul_(1.01))
         return kernels
 
-    monkeypatch.setattr(block_family, "compile_block_kernels", broken)
+    monkeypatch.setattr(block_family.BLOCK, "build", broken)
     build.clear_cache()
     try:
         with pytest.raises(build.KernelGateError, match="correctness gate"):

@@ -8,14 +8,21 @@ from torch import nn
 
 from mest_compile.compiler import build
 from mest_compile.compiler.api import compile_model
-from mest_compile.compiler.families.channel import channel_kernels, random_channel_mask
-from mest_compile.compiler.families.channel_ops import channel_conv2d, channel_conv2d_packed, geometry_list
+from mest_compile.compiler.families.channel import CHANNEL, channel_kernels, random_channel_mask
+from mest_compile.compiler.families import PackedFormat
+from mest_compile.compiler.families.op_args import geometry_list
+from mest_compile.compiler.families.ops import PACKED_CONV2D
 from mest_compile.compiler.formats.geometry import ConvGeometry
 from mest_compile.compiler.policy import RecompilePolicy
 from mest_compile.sparsity.module import SparseConv2d
 
 SCHEME = "channel"
 GEO = ConvGeometry(8, 8, 8, 16, 3, 3, stride=1, padding=1)
+
+
+def channel_conv2d_packed(x: torch.Tensor, w: torch.Tensor, fmt: PackedFormat) -> torch.Tensor:
+    """The family's differentiable conv through the cached kernels `fmt` was packed for."""
+    return CHANNEL.conv(x, w, fmt, channel_kernels(fmt.geometry))
 
 
 def _mask(seed: int, density: float = 0.3) -> torch.Tensor:
@@ -42,7 +49,8 @@ def test_torch_compile_fullgraph():
     x = torch.randn(2, 8, 8, 8, requires_grad=True)
     mask = _mask(4)
     fmt = channel_kernels(GEO).pack(mask)
-    fn = torch.compile(lambda x, w: channel_conv2d_packed(x, w, fmt).square().sum(), fullgraph=True)
+    kernels = channel_kernels(fmt.geometry)  # looked up outside: the build cache's lock is not traceable
+    fn = torch.compile(lambda x, w: CHANNEL.conv(x, w, fmt, kernels).square().sum(), fullgraph=True)
     fn(x, w).backward()
     xr, wr = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
     F.conv2d(xr, wr * mask, padding=1).square().sum().backward()
@@ -53,8 +61,9 @@ def test_torch_compile_fullgraph():
 def test_opcheck():
     fmt = channel_kernels(GEO).pack(_mask(5))
     values = fmt.values(torch.randn(16, 8, 3, 3)).requires_grad_()
-    args = (torch.randn(2, 8, 8, 8, requires_grad=True), values, fmt.kept, fmt.slot, geometry_list(fmt), "host")
-    torch.library.opcheck(channel_conv2d, args)
+    buffers = ([fmt.kept, fmt.slot], [fmt.kept], [fmt.kept])
+    args = (torch.randn(2, 8, 8, 8, requires_grad=True), values, *buffers, CHANNEL.scheme_name, geometry_list(GEO), "host")
+    torch.library.opcheck(PACKED_CONV2D, args)
 
 
 def test_module_backend_repacks_and_never_recompiles():

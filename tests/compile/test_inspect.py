@@ -64,10 +64,10 @@ def test_statistics(subject) -> None:  # noqa: ANN001
 
 def test_a_kernel_without_gpu_schedule_says_so(subject, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     family = family_for("block")
-    monkeypatch.setattr(type(family), "gpu_forward_func", KernelFamily.gpu_forward_func)
+    monkeypatch.setattr(type(family), "gpu_template", KernelFamily.gpu_template)
     ins = inspect_subject(subject, "cuda")
     (kernel,) = ins.kernels
-    assert "has no GPU schedule yet" in (kernel.note or "") and "stays a dense conv2d" in (kernel.note or "")
+    assert "has no GPU kernel yet" in (kernel.note or "") and "stays a dense conv2d" in (kernel.note or "")
     assert kernel.source.text is None and "T.prim_func" in kernel.tir  # the CPU kernel's TIR
     assert "R.nn.conv2d" in ins.after and "kept dense" in ins.rewrite_report
     assert len(ins.stats) == 1

@@ -10,10 +10,17 @@ from mest_compile.compiler import build
 from mest_compile.compiler.api import sparse_conv2d
 from mest_compile.compiler.families import family_for
 from mest_compile.compiler.families.irregular import IRREGULAR, irregular_kernels, random_irregular_mask
-from mest_compile.compiler.families.irregular_ops import geometry_list, irregular_conv2d, irregular_conv2d_packed
+from mest_compile.compiler.families import PackedFormat
+from mest_compile.compiler.families.op_args import geometry_list
+from mest_compile.compiler.families.ops import PACKED_CONV2D
 from mest_compile.compiler.formats.geometry import ConvGeometry
 
 GEO = ConvGeometry(8, 8, 8, 16, 3, 3, stride=1, padding=1)
+
+
+def irregular_conv2d_packed(x: torch.Tensor, w: torch.Tensor, fmt: PackedFormat) -> torch.Tensor:
+    """The family's differentiable conv through the cached kernels `fmt` was packed for."""
+    return IRREGULAR.conv(x, w, fmt, irregular_kernels(fmt.geometry))
 
 
 def _mask(seed: int, density: float = 0.3) -> torch.Tensor:
@@ -52,7 +59,8 @@ def test_torch_compile_fullgraph():
     x = torch.randn(2, 8, 8, 8, requires_grad=True)
     mask = _mask(4)
     fmt = irregular_kernels(GEO).pack(mask)
-    fn = torch.compile(lambda x, w: irregular_conv2d_packed(x, w, fmt).square().sum(), fullgraph=True)
+    kernels = irregular_kernels(fmt.geometry)  # looked up outside: the build cache's lock is not traceable
+    fn = torch.compile(lambda x, w: IRREGULAR.conv(x, w, fmt, kernels).square().sum(), fullgraph=True)
     fn(x, w).backward()
     xr, wr = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
     F.conv2d(xr, wr * mask, padding=1).square().sum().backward()
@@ -63,9 +71,9 @@ def test_torch_compile_fullgraph():
 def test_opcheck():
     fmt = irregular_kernels(GEO).pack(_mask(5))
     values = fmt.values(torch.randn(16, 8, 3, 3)).requires_grad_()
-    args = (torch.randn(2, 8, 8, 8, requires_grad=True), values, fmt.row_ptr, fmt.seg_ptr, fmt.x_off, fmt.dx_ptr, fmt.dx_val,
-            fmt.dx_off, geometry_list(fmt), "host")
-    torch.library.opcheck(irregular_conv2d, args)
+    buffers = ([fmt.row_ptr, fmt.x_off], [fmt.dx_ptr, fmt.dx_val, fmt.dx_off], [fmt.seg_ptr, fmt.x_off])
+    args = (torch.randn(2, 8, 8, 8, requires_grad=True), values, *buffers, IRREGULAR.scheme_name, geometry_list(GEO), "host")
+    torch.library.opcheck(PACKED_CONV2D, args)
 
 
 @pytest.mark.parametrize("case", ["empty_batch", "sum_gradient", "channels_last", "transposed_gradient"])

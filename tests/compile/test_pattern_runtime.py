@@ -9,9 +9,16 @@ import torch.nn.functional as F
 from mest_compile.compiler import build
 from mest_compile.compiler.families import family_for
 from mest_compile.compiler.families.pattern import PATTERN, pattern_kernels, random_pattern_mask
-from mest_compile.compiler.families.pattern_ops import geometry_list, pattern_conv2d, pattern_conv2d_packed
+from mest_compile.compiler.families import PackedFormat
+from mest_compile.compiler.families.op_args import geometry_list
+from mest_compile.compiler.families.ops import PACKED_CONV2D
 from mest_compile.compiler.formats.geometry import ConvGeometry
 from mest_compile.errors import MestError
+
+
+def pattern_conv2d_packed(x: torch.Tensor, w: torch.Tensor, fmt: PackedFormat) -> torch.Tensor:
+    """The family's differentiable conv through the cached kernels `fmt` was packed for."""
+    return PATTERN.conv(x, w, fmt, pattern_kernels(fmt.geometry))
 
 
 def test_both_schemes_use_the_pattern_family():
@@ -43,16 +50,17 @@ def test_torch_compile_and_opcheck():
     fmt = pattern_kernels(geo).pack(mask)
     w = torch.randn(16, 8, 3, 3, generator=gen, requires_grad=True)
     x = torch.randn(2, 8, 8, 8, generator=gen, requires_grad=True)
-    fn = torch.compile(lambda x, w: pattern_conv2d_packed(x, w, fmt).square().sum(), fullgraph=True)
+    kernels = pattern_kernels(fmt.geometry)  # looked up outside: the build cache's lock is not traceable
+    fn = torch.compile(lambda x, w: PATTERN.conv(x, w, fmt, kernels).square().sum(), fullgraph=True)
     fn(x, w).backward()
     xr, wr = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
     F.conv2d(xr, wr * mask, stride=2, padding=1).square().sum().backward()
     assert torch.allclose(x.grad, xr.grad, atol=1e-3)
     assert torch.allclose(w.grad, wr.grad, atol=1e-3)
     values = fmt.values(w.detach()).requires_grad_()
-    args = (x.detach().requires_grad_(), values, fmt.fwd_ptr, fmt.x_off, fmt.dx_ptr, fmt.dx_ker, fmt.dx_off,
-            geometry_list(fmt), "host")
-    torch.library.opcheck(pattern_conv2d, args)
+    buffers = ([fmt.fwd_ptr, fmt.x_off], [fmt.dx_ptr, fmt.dx_ker, fmt.dx_off], [fmt.fwd_ptr, fmt.x_off])
+    args = (x.detach().requires_grad_(), values, *buffers, PATTERN.scheme_name, geometry_list(geo), "host")
+    torch.library.opcheck(PACKED_CONV2D, args)
 
 
 def test_graph_rewrite_runs_the_pattern_forward():
@@ -81,12 +89,15 @@ def test_aligned_input_layout_knob():
     """The tuning knob that pads the input scratch's column phases to whole vectors."""
     import dataclasses
 
-    from mest_compile.compiler.families.pattern import compile_pattern_kernels
+    from mest_compile.compiler.families.compiled import compile_kernels
+    from mest_compile.compiler.families.pattern import PATTERN
+    from mest_compile.compiler.kernels.pattern_taps import input_layout
     from mest_compile.compiler.schedules.pattern_host import PatternTiles
 
     geo = ConvGeometry(4, 16, 16, 8, 3, 3, stride=2, padding=1)
-    kernels = compile_pattern_kernels(geo, tiles=dataclasses.replace(PatternTiles.default(geo, 2), aligned_input=True))
-    assert kernels.layout.aligned and kernels.layout.phase_w % 8 == 0
+    kernels = compile_kernels(PATTERN, geo, tiles=dataclasses.replace(PatternTiles.default(geo, 2), aligned_input=True))
+    layout = input_layout(geo, kernels.tiles.aligned_input)
+    assert layout.aligned and layout.phase_w % 8 == 0
     gen = torch.Generator().manual_seed(2)
     mask = random_pattern_mask((8, 4, 3, 3), 0.5, gen)
     x, w = torch.randn(2, 4, 16, 16, generator=gen), torch.randn(8, 4, 3, 3, generator=gen)

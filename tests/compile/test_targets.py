@@ -55,3 +55,20 @@ def test_targets_command_lists_every_preset() -> None:
     result = CliRunner().invoke(cli, ["targets", "--json"])
     assert result.exit_code == 0, result.output
     assert set(json.loads(result.stdout)) == {"host", "arm", "mali", "adreno", "cuda"}
+
+
+@pytest.mark.parametrize(
+    ("target", "family", "measure", "compiler"),
+    [
+        ("host", "cpu", "local", None),
+        ("arm", "cpu", "rpc", "aarch64-linux-gnu-gcc"),
+        ("raspberry-pi/4b-aarch64", "cpu", "rpc", "aarch64-linux-gnu-gcc"),
+        ('{"kind": "opencl", "device": "mali"}', "gpu", "opencl", None),
+        ('{"kind": "cuda", "arch": "sm_80"}', "gpu", "local", None),
+    ],
+)
+def test_tags_and_dicts_get_a_measuring_preset(target: str, family: str, measure: str, compiler: str | None) -> None:
+    from mest_compile.compiler.presets import preset_for
+
+    preset = preset_for(target)
+    assert (preset.family, preset.measure, preset.cross_compiler) == (family, measure, compiler)

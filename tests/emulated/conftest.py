@@ -19,7 +19,13 @@ import torch.nn.functional as F
 from tvm import s_tir, tirx
 from tvm.script import tirx as T
 
-from mest_compile.compiler.devices import EmulatedBoard, MissingToolError, provision_board
+from mest_compile.compiler.devices import (
+    EmulatedBoard,
+    MissingToolError,
+    devices,
+    provision_board,
+)
+from mest_compile.compiler.devices.opencl import Context, OpenCLError
 
 
 def unavailable(reason: str) -> None:
@@ -124,3 +130,15 @@ def csr() -> SimpleNamespace:
 def require_tool() -> Callable[[str], None]:
     """`require_tool(reason)`: skip here, fail under CI."""
     return unavailable
+
+
+@pytest.fixture(scope="session")
+def opencl_context() -> Context:
+    """An OpenCL context on the first device (PoCL's CPU device here); skip, or fail under CI, without one."""
+    try:
+        found = devices()
+    except OpenCLError as err:  # no ICD loader at all
+        unavailable(str(err))
+    if not found:
+        unavailable("no OpenCL platform: install the Debian package pocl-opencl-icd for a CPU device")
+    return Context(found[0])

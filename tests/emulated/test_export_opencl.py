@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from mest_compile.compiler.devices import compile_opencl, devices
-from mest_compile.compiler.devices.opencl import Context, OpenCLError
+from mest_compile.compiler.devices import compile_opencl
+from mest_compile.compiler.devices.opencl import Context
 from mest_compile.compiler.families import family_for
 from mest_compile.compiler.formats.geometry import ConvGeometry
 
 
 @pytest.fixture(scope="module")
-def context(require_tool: Callable[[str], None]) -> Context:
-    try:
-        found = devices()
-    except OpenCLError as err:
-        require_tool(str(err))
-    if not found:
-        require_tool("no OpenCL platform: install the Debian package pocl-opencl-icd for a CPU device")
-    return Context(found[0])
+def context(opencl_context: Context) -> Context:
+    return opencl_context
 
 
 @pytest.mark.parametrize("scheme", ["block", "irregular", "channel", "pattern+filter_balance"])

@@ -12,7 +12,12 @@ import torch
 import torch.nn.functional as F
 from tvm import rpc
 
-from mest_compile.compiler.devices import EmulatedBoard, RemoteLibrary, build_for_board, provision_board
+from mest_compile.compiler.devices import (
+    EmulatedBoard,
+    RemoteLibrary,
+    build_for_board,
+    provision_board,
+)
 from mest_compile.errors import MestError
 
 
@@ -63,18 +68,16 @@ def test_remote_errors_are_one_line(
 
 def test_block_forward_kernel_on_the_board(remote: rpc.RPCSession, tmp_path: Path) -> None:
     """The project's real block-scheme forward kernel, cross-compiled and run on the board."""
-    try:
-        from mest_compile.compiler.formats.block import BlockFormat
-        from mest_compile.compiler.formats.geometry import ConvGeometry
-        from mest_compile.compiler.families.block import random_block_mask
-        from mest_compile.compiler.kernels.block_fwd import block_forward
-        from mest_compile.compiler.schedules.block_host import BlockTiles, schedule_forward
+    from mest_compile.compiler.families.block import random_block_mask
+    from mest_compile.compiler.formats.block import BlockFormat
+    from mest_compile.compiler.formats.geometry import ConvGeometry
+    from mest_compile.compiler.kernels.block_fwd import block_forward
+    from mest_compile.compiler.schedules.block_host import BlockTiles
+    from mest_compile.compiler.schedules.host_space import schedule_host
 
-        geo = ConvGeometry(8, 8, 8, 16, 3, 3, stride=1, padding=1)
-        tiles = BlockTiles.default(geo, 4)
-        mod = schedule_forward(block_forward(geo, tiles.fwd_rows))
-    except (ImportError, AttributeError, TypeError) as err:  # the kernels are written in parallel
-        pytest.skip(f"block kernels not available in this checkout: {err}")
+    geo = ConvGeometry(8, 8, 8, 16, 3, 3, stride=1, padding=1)
+    tiles = BlockTiles.default(geo, 4)
+    mod = schedule_host(block_forward(geo, tiles.fwd_rows), "forward")
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 8, 8, 8, generator=gen)
     w = torch.randn(16, 8, 3, 3, generator=gen)

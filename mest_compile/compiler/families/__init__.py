@@ -24,6 +24,7 @@ from mest_compile.errors import MestError
 from mest_compile.registry import Registry
 
 if TYPE_CHECKING:
+    import tvm
     from tvm import tirx
 
 
@@ -78,13 +79,49 @@ class KernelFamily(ABC):
         """How many capacity units `mask` keeps."""
         return int(mask.sum())
 
-    @abstractmethod
+    #: The compiled symbol of each kernel: {"forward": ..., "dgrad": ..., "wgrad": ...}.
+    entries: dict[str, str] = {}
+
     def build(self, geometry: ConvGeometry, target: Any) -> KernelSet:
-        """Compile the three kernels for `geometry` (no gate, no cache: `build.py` does both)."""
+        """Compile the three kernels for `geometry` (no gate, no cache: `build.py` does both).
+
+        Kernels with tuning records for this geometry and target (`compiler/tune/records.py`)
+        use the tuned tiles and schedule; the others the hand-written ones.
+        """
+        from mest_compile.compiler.families.compiled import compile_kernels
+        from mest_compile.compiler.tune.records import tuned_choice
+
+        tiles, traces = tuned_choice(self, geometry, target)
+        return compile_kernels(self, geometry, target, tiles, traces)
+
+    def pack(self, kernels: Any, mask: torch.Tensor, capacity: int | None = None) -> PackedFormat:
+        """Pack a legal mask of this scheme for `kernels` (capacity in units; default: exact)."""
+        return self.pack_with(kernels.geometry, kernels.tiles, mask, capacity)
+
+    # ---- what `compiled.py` and the tuner build kernels from ----------------------------------
+    @abstractmethod
+    def default_tiles(self, geometry: ConvGeometry, target: tvm.target.Target) -> Any:
+        """The hand-picked template knobs (a frozen dataclass) of `geometry` on `target`."""
 
     @abstractmethod
-    def pack(self, kernels: KernelSet, mask: torch.Tensor, capacity: int | None = None) -> PackedFormat:
-        """Pack a legal mask of this scheme for `kernels` (capacity in units; default: exact)."""
+    def template(self, geometry: ConvGeometry, which: str, tiles: Any) -> tirx.PrimFunc:
+        """The unscheduled TIR of kernel `which` (forward, dgrad, wgrad) for `tiles`.
+
+        Batch size and the buffers' sizes stay symbolic; the output buffer is the last argument.
+        """
+
+    def knobs(self, geometry: ConvGeometry, which: str, tiles: Any) -> dict[str, list[Any]]:
+        """Tile fields of kernel `which` and the values a tuner tries (each list includes `tiles`' own)."""
+        return {}
+
+    @abstractmethod
+    def pack_with(self, geometry: ConvGeometry, tiles: Any, mask: torch.Tensor, capacity: int | None = None) -> PackedFormat:
+        """Pack `mask` in the layout the kernels built with `tiles` read."""
+
+    @abstractmethod
+    def kernel_args(self, which: str, x: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor,
+                    fmt: PackedFormat) -> list[torch.Tensor]:
+        """The arguments of kernel `which` for this data, the (allocated) output last."""
 
     @abstractmethod
     def conv(self, x: torch.Tensor, weight: torch.Tensor, fmt: PackedFormat, kernels: KernelSet) -> torch.Tensor:
@@ -113,7 +150,7 @@ class KernelFamily(ABC):
         """The family's main scheme name (for messages and kernel records)."""
         return self.schemes[0] if self.schemes else type(self).__name__
 
-    def forward_func(self, geometry: ConvGeometry) -> "tirx.PrimFunc":
+    def forward_func(self, geometry: ConvGeometry) -> tirx.PrimFunc:
         """The forward kernel `f(x, *buffers, y)` of `geometry`, scheduled for CPUs.
 
         Batch size and the buffers' sizes (nonzeros, capacity) stay symbolic, so one compiled
@@ -121,12 +158,31 @@ class KernelFamily(ABC):
         """
         raise MestError(f"scheme {self.scheme_name!r} has no forward kernel for graph rewriting yet")
 
-    def gpu_forward_func(self, geometry: ConvGeometry) -> "tirx.PrimFunc":
+    def device_forward_func(self, geometry: ConvGeometry, target: Any) -> tirx.PrimFunc:
+        """The forward kernel for `target` (GPU- or CPU-scheduled), tuned when records are in use."""
+        from mest_compile.compiler.families.compiled import replay
+        from mest_compile.compiler.tune.records import tuned_choice
+
+        tiles, traces = tuned_choice(self, geometry, target)
+        gpu = is_gpu_target(target)
+        if "forward" not in traces:
+            return self.gpu_forward_func(geometry) if gpu else self.forward_func(geometry)
+        if gpu:
+            return replay(self.gpu_template(geometry), traces["forward"])["main"].with_attr("tirx.is_scheduled", True)
+        return replay(self.template(geometry, "forward", tiles), traces["forward"])["main"]
+
+    def gpu_template(self, geometry: ConvGeometry) -> tirx.PrimFunc:
+        """The unscheduled GPU forward kernel (same arguments as the host one; one complete block `conv`)."""
+        raise MestError(f"scheme {self.scheme_name!r} has no GPU kernel yet")
+
+    def gpu_forward_func(self, geometry: ConvGeometry) -> tirx.PrimFunc:
         """The forward kernel scheduled for GPUs (loops bound to blockIdx / threadIdx).
 
         Same arguments as `forward_func`, so the same packed buffers drive both.
         """
-        raise MestError(f"scheme {self.scheme_name!r} has no GPU schedule yet")
+        from mest_compile.compiler.schedules.gpu import bind_spatial
+
+        return bind_spatial(self.gpu_template(geometry), ("conv",))
 
     def forward_format(self, geometry: ConvGeometry, mask: torch.Tensor) -> PackedFormat:
         """Pack `mask` for the forward kernel alone (no compiled kernels needed)."""
@@ -135,6 +191,13 @@ class KernelFamily(ABC):
     def forward_buffers(self, fmt: PackedFormat, weight: torch.Tensor) -> list[torch.Tensor]:
         """The forward kernel's runtime buffers for `weight` packed by `fmt`, in `forward_buffer_names` order."""
         raise MestError(f"scheme {self.scheme_name!r} has no forward kernel for graph rewriting yet")
+
+
+def is_gpu_target(target: Any) -> bool:
+    """Whether `target` (any form `resolve_target` takes) needs GPU-scheduled kernels."""
+    from mest_compile.compiler.target import resolve_target
+
+    return "gpu" in [str(k) for k in resolve_target(target).keys]
 
 
 FAMILIES: Registry[KernelFamily] = Registry("compiled scheme")

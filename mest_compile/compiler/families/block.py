@@ -7,78 +7,26 @@ geometry and registers the family.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import tvm
 
 from mest_compile.compiler.families import FAMILIES, KernelFamily
-from mest_compile.compiler.formats.block import BLOCK_ROWS, SCHEME, BlockFormat, kept_blocks
+from mest_compile.compiler.families.compiled import CompiledKernels
+from mest_compile.compiler.formats.block import (
+    BLOCK_ROWS,
+    SCHEME,
+    BlockFormat,
+    kept_blocks,
+)
 from mest_compile.compiler.formats.geometry import ConvGeometry
 from mest_compile.compiler.kernels.block_dgrad import block_dgrad
 from mest_compile.compiler.kernels.block_fwd import block_forward
 from mest_compile.compiler.kernels.block_wgrad import block_wgrad
-from mest_compile.compiler.schedules.block_host import BlockTiles, schedule_dgrad, schedule_forward, schedule_wgrad
-from mest_compile.compiler.target import resolve_target
-
-
-@dataclass
-class BlockKernels:
-    """The compiled kernels of one layer geometry (callable with torch tensors, zero-copy)."""
-
-    geometry: ConvGeometry
-    target: str
-    tiles: BlockTiles
-    forward: Any
-    dgrad: Any
-    wgrad: Any
-    executables: dict[str, Any] = field(repr=False)
-    modules: dict[str, Any] = field(repr=False, default_factory=dict)
-    build_seconds: float = 0.0
-    gate_seconds: float = 0.0
-    gate_errors: dict[str, float] = field(default_factory=dict)
-
-    def pack(self, mask, capacity: int | None = None):
-        """Pack `mask` in the layout these kernels read (a `BlockFormat`)."""
-        from mest_compile.compiler.formats.block import BlockFormat
-
-        return BlockFormat.pack(mask, self.geometry, capacity, chunk_groups=self.tiles.dgrad_chunk)
-
-    def source(self, which: str = "forward", kind: str = "asm") -> str:
-        """Generated code of one kernel (`which`: forward, dgrad, wgrad; `kind`: "asm" or "ll")."""
-        return self.executables[which].mod.inspect_source(kind)
-
-    def tir(self, which: str = "forward") -> str:
-        """The scheduled TIR of one kernel, as TVMScript."""
-        return self.modules[which].script()
-
-
-
-def compile_block_kernels(geo: ConvGeometry, target: Any = "host", tiles: BlockTiles | None = None) -> BlockKernels:
-    """Compile (without gating or caching) the three block kernels of `geo`."""
-    tgt = resolve_target(target)
-    tiles = tiles or BlockTiles.default(geo, int(tgt.attrs.get("num-cores", 1)))
-    start = time.perf_counter()
-    mods = {
-        "forward": schedule_forward(block_forward(geo, tiles.fwd_rows)),
-        "dgrad": schedule_dgrad(block_dgrad(geo, tiles.dgrad_rows, tiles.dgrad_chunk)),
-        "wgrad": schedule_wgrad(block_wgrad(geo, tiles.wgrad_cols, tiles.wgrad_slots, tiles.wgrad_images)),
-    }
-    exes = {name: tvm.compile(mod, target=tgt) for name, mod in mods.items()}
-    return BlockKernels(
-        geometry=geo,
-        target=str(tgt),
-        tiles=tiles,
-        forward=exes["forward"]["block_fwd"],
-        dgrad=exes["dgrad"]["block_dgrad"],
-        wgrad=exes["wgrad"]["block_wgrad"],
-        executables=exes,
-        modules=mods,
-        build_seconds=time.perf_counter() - start,
-    )
+from mest_compile.compiler.schedules.block_host import BlockTiles, block_knobs
+from mest_compile.compiler.schedules.host_space import schedule_host
 
 
 def random_block_mask(out_channels: int, columns_shape: tuple[int, ...], density: float,
@@ -105,22 +53,49 @@ class BlockFamily(KernelFamily):
     def units(self, mask: torch.Tensor) -> int:
         return int(kept_blocks(mask.detach().cpu()).sum())
 
-    def build(self, geometry: ConvGeometry, target: Any) -> BlockKernels:
-        return compile_block_kernels(geometry, target)
+    entries = {"forward": "block_fwd", "dgrad": "block_dgrad", "wgrad": "block_wgrad"}
 
-    def pack(self, kernels: Any, mask: torch.Tensor, capacity: int | None = None) -> BlockFormat:
-        return kernels.pack(mask, capacity)
+    def default_tiles(self, geometry: ConvGeometry, target: tvm.target.Target) -> BlockTiles:
+        return BlockTiles.default(geometry, int(target.attrs.get("num-cores", 1)))
+
+    def template(self, geometry: ConvGeometry, which: str, tiles: BlockTiles) -> tvm.tirx.PrimFunc:
+        if which == "forward":
+            return block_forward(geometry, tiles.fwd_rows)
+        if which == "dgrad":
+            return block_dgrad(geometry, tiles.dgrad_rows, tiles.dgrad_chunk)
+        return block_wgrad(geometry, tiles.wgrad_cols, tiles.wgrad_slots, tiles.wgrad_images)
+
+    def knobs(self, geometry: ConvGeometry, which: str, tiles: BlockTiles) -> dict[str, list[Any]]:
+        return block_knobs(geometry, which, tiles)
+
+    def pack_with(self, geometry: ConvGeometry, tiles: BlockTiles, mask: torch.Tensor,
+                  capacity: int | None = None) -> BlockFormat:
+        return BlockFormat.pack(mask, geometry, capacity, chunk_groups=tiles.dgrad_chunk)
+
+    def kernel_args(self, which: str, x: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor,
+                    fmt: Any) -> list[torch.Tensor]:
+        values = fmt.values(weight).contiguous()
+        if which == "forward":
+            return [x, values, fmt.group_ptr, fmt.x_off, torch.empty_like(dy)]
+        if which == "dgrad":
+            return [dy, values, fmt.dx_ptr, fmt.dx_blk, fmt.dx_off, torch.empty_like(x)]
+        return [x, dy, fmt.group_ptr, fmt.x_off, torch.empty_like(values)]
 
     def conv(self, x: torch.Tensor, weight: torch.Tensor, fmt: Any, kernels: Any) -> torch.Tensor:
-        from mest_compile.compiler.families.block_ops import block_conv2d_packed
+        from mest_compile.compiler.families.op_args import check_packing
+        from mest_compile.compiler.families.ops import KernelBuffers, packed_conv2d
 
-        return block_conv2d_packed(x, weight, fmt, kernels.target)
+        check_packing((fmt.chunk_groups,), (kernels.tiles.dgrad_chunk,), "filter groups per input-gradient chunk")
+        buffers = KernelBuffers([fmt.group_ptr, fmt.x_off], [fmt.dx_ptr, fmt.dx_blk, fmt.dx_off], [fmt.group_ptr, fmt.x_off])
+        return packed_conv2d(x, fmt.values(weight), buffers, self, kernels)
 
     def random_mask(self, weight_shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
         return random_block_mask(weight_shape[0], tuple(weight_shape[1:]), 0.4, generator)
 
     def phase_calls(self, x: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor, fmt: Any,
                     kernels: Any) -> dict[str, Callable[[], object]]:
+        from mest_compile.compiler.formats.values import scatter_flat
+
         def fwd() -> None:
             y = x.new_empty(dy.shape)
             kernels.forward(x, fmt.values(weight), fmt.group_ptr, fmt.x_off, y)
@@ -131,7 +106,7 @@ class BlockFamily(KernelFamily):
         def wgrad() -> None:
             dv = x.new_empty(fmt.nnz, BLOCK_ROWS)
             kernels.wgrad(x, dy, fmt.group_ptr, fmt.x_off, dv)
-            torch.zeros(weight.numel()).index_put_((fmt.flat_idx[: fmt.nnz],), dv)
+            scatter_flat(dv, fmt.flat_idx, weight.numel())
 
         return {"fwd": fwd, "dgrad": dgrad, "wgrad": wgrad}
 
@@ -140,13 +115,12 @@ class BlockFamily(KernelFamily):
 
     def forward_func(self, geometry: ConvGeometry) -> tvm.tirx.PrimFunc:
         rows = BlockTiles.default(geometry, 1).fwd_rows  # forward tiles do not depend on threads
-        return schedule_forward(block_forward(geometry, rows))["main"]
+        return schedule_host(block_forward(geometry, rows), "forward")["main"]
 
-    def gpu_forward_func(self, geometry: ConvGeometry) -> tvm.tirx.PrimFunc:
+    def gpu_template(self, geometry: ConvGeometry) -> tvm.tirx.PrimFunc:
         from mest_compile.compiler.kernels.block_fwd_gpu import block_forward_gpu
-        from mest_compile.compiler.schedules.gpu import bind_spatial
 
-        return bind_spatial(block_forward_gpu(geometry), ("conv",))
+        return block_forward_gpu(geometry)
 
     def forward_format(self, geometry: ConvGeometry, mask: torch.Tensor) -> BlockFormat:
         return BlockFormat.pack(mask, geometry)
@@ -159,8 +133,8 @@ BLOCK = BlockFamily()
 FAMILIES.add("block", BLOCK)
 
 
-def block_kernels(geometry: ConvGeometry, target: Any = "host") -> BlockKernels:
+def block_kernels(geometry: ConvGeometry, target: Any = "host") -> CompiledKernels:
     """The gated, cached block kernels of `geometry` on `target` (see `build.kernels_for`)."""
     from mest_compile.compiler.build import kernels_for
 
-    return kernels_for(BLOCK, geometry, target)
+    return cast(CompiledKernels, kernels_for(BLOCK, geometry, target))

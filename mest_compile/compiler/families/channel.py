@@ -10,15 +10,14 @@ for a geometry and registers the family.
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 import tvm
 
 from mest_compile.compiler.families import FAMILIES, KernelFamily
+from mest_compile.compiler.families.compiled import CompiledKernels
 from mest_compile.compiler.formats.channel import SCHEME, ChannelFormat, kept_filters
 from mest_compile.compiler.formats.geometry import ConvGeometry
 from mest_compile.compiler.kernels.channel_dgrad import channel_dgrad
@@ -26,72 +25,10 @@ from mest_compile.compiler.kernels.channel_fwd import channel_forward
 from mest_compile.compiler.kernels.channel_wgrad import channel_wgrad
 from mest_compile.compiler.schedules.channel_host import (
     ChannelTiles,
+    channel_knobs,
     has_clzero,
-    schedule_dgrad,
-    schedule_forward,
-    schedule_wgrad,
 )
-from mest_compile.compiler.target import resolve_target
-
-
-@dataclass
-class ChannelKernels:
-    """The compiled kernels of one layer geometry (callable with torch tensors, zero-copy).
-
-    `forward(x, values, kept, slot, y)`, `dgrad(dy, values, kept, dx)`,
-    `wgrad(x, dy, kept, dv)`; see `kernels/channel_*.py` for the buffers. With
-    `tiles.fwd_clzero`, `y` must be 64-byte aligned (any tensor torch's CPU allocator returns).
-    """
-
-    geometry: ConvGeometry
-    target: str
-    tiles: ChannelTiles
-    forward: Any
-    dgrad: Any
-    wgrad: Any
-    executables: dict[str, Any] = field(repr=False)
-    modules: dict[str, Any] = field(repr=False, default_factory=dict)
-    build_seconds: float = 0.0
-    gate_seconds: float = 0.0
-    gate_errors: dict[str, float] = field(default_factory=dict)
-
-    def pack(self, mask: torch.Tensor, capacity: int | None = None) -> ChannelFormat:
-        """Pack `mask` in the layout these kernels read."""
-        return ChannelFormat.pack(mask, self.geometry, capacity)
-
-    def source(self, which: str = "forward", kind: str = "asm") -> str:
-        """Generated code of one kernel (`which`: forward, dgrad, wgrad; `kind`: "asm" or "ll")."""
-        return self.executables[which].mod.inspect_source(kind)
-
-    def tir(self, which: str = "forward") -> str:
-        """The scheduled TIR of one kernel, as TVMScript."""
-        return self.modules[which].script()
-
-
-def compile_channel_kernels(geo: ConvGeometry, target: Any = "host", tiles: ChannelTiles | None = None) -> ChannelKernels:
-    """Compile (without gating or caching) the three channel kernels of `geo`."""
-    tgt = resolve_target(target)
-    tiles = tiles or ChannelTiles.default(geo, int(tgt.attrs.get("num-cores", 1)), clzero=has_clzero(tgt))
-    start = time.perf_counter()
-    mods = {
-        "forward": schedule_forward(channel_forward(geo, tiles.fwd_filters, tiles.fwd_rows, tiles.fwd_clzero)),
-        "dgrad": schedule_dgrad(channel_dgrad(geo, tiles.dgrad_channels, tiles.dgrad_rows)),
-        "wgrad": schedule_wgrad(
-            channel_wgrad(geo, tiles.wgrad_filters, tiles.wgrad_slots, tiles.wgrad_images, tiles.wgrad_kh_rows)
-        ),
-    }
-    exes = {name: tvm.compile(mod, target=tgt) for name, mod in mods.items()}
-    return ChannelKernels(
-        geometry=geo,
-        target=str(tgt),
-        tiles=tiles,
-        forward=exes["forward"]["channel_fwd"],
-        dgrad=exes["dgrad"]["channel_dgrad"],
-        wgrad=exes["wgrad"]["channel_wgrad"],
-        executables=exes,
-        modules=mods,
-        build_seconds=time.perf_counter() - start,
-    )
+from mest_compile.compiler.schedules.host_space import schedule_host
 
 
 def random_channel_mask(weight_shape: tuple[int, ...], density: float, generator: torch.Generator) -> torch.Tensor:
@@ -120,16 +57,39 @@ class ChannelFamily(KernelFamily):
     def units(self, mask: torch.Tensor) -> int:
         return int(kept_filters(mask.detach().cpu()).sum())
 
-    def build(self, geometry: ConvGeometry, target: Any) -> ChannelKernels:
-        return compile_channel_kernels(geometry, target)
+    entries = {"forward": "channel_fwd", "dgrad": "channel_dgrad", "wgrad": "channel_wgrad"}
 
-    def pack(self, kernels: Any, mask: torch.Tensor, capacity: int | None = None) -> ChannelFormat:
-        return kernels.pack(mask, capacity)
+    def default_tiles(self, geometry: ConvGeometry, target: tvm.target.Target) -> ChannelTiles:
+        return ChannelTiles.default(geometry, int(target.attrs.get("num-cores", 1)), clzero=has_clzero(target))
+
+    def template(self, geometry: ConvGeometry, which: str, tiles: ChannelTiles) -> tvm.tirx.PrimFunc:
+        if which == "forward":
+            return channel_forward(geometry, tiles.fwd_filters, tiles.fwd_rows, tiles.fwd_clzero)
+        if which == "dgrad":
+            return channel_dgrad(geometry, tiles.dgrad_channels, tiles.dgrad_rows)
+        return channel_wgrad(geometry, tiles.wgrad_filters, tiles.wgrad_slots, tiles.wgrad_images, tiles.wgrad_kh_rows)
+
+    def knobs(self, geometry: ConvGeometry, which: str, tiles: ChannelTiles) -> dict[str, list[Any]]:
+        return channel_knobs(geometry, which, tiles)
+
+    def pack_with(self, geometry: ConvGeometry, tiles: ChannelTiles, mask: torch.Tensor,
+                  capacity: int | None = None) -> ChannelFormat:
+        return ChannelFormat.pack(mask, geometry, capacity)
+
+    def kernel_args(self, which: str, x: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor,
+                    fmt: Any) -> list[torch.Tensor]:
+        values = fmt.values(weight).contiguous()
+        if which == "forward":
+            return [x, values, fmt.kept, fmt.slot, torch.empty_like(dy)]
+        if which == "dgrad":
+            return [dy, values, fmt.kept, torch.empty_like(x)]
+        return [x, dy, fmt.kept, torch.empty_like(values)]
 
     def conv(self, x: torch.Tensor, weight: torch.Tensor, fmt: Any, kernels: Any) -> torch.Tensor:
-        from mest_compile.compiler.families.channel_ops import channel_conv2d_packed
+        from mest_compile.compiler.families.ops import KernelBuffers, packed_conv2d
 
-        return channel_conv2d_packed(x, weight, fmt, kernels.target)
+        buffers = KernelBuffers([fmt.kept, fmt.slot], [fmt.kept], [fmt.kept])
+        return packed_conv2d(x, fmt.values(weight), buffers, self, kernels)
 
     def random_mask(self, weight_shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
         return random_channel_mask(weight_shape, 0.4, generator)
@@ -156,13 +116,12 @@ class ChannelFamily(KernelFamily):
     def forward_func(self, geometry: ConvGeometry) -> tvm.tirx.PrimFunc:
         # Portable tiles (no CLZERO): a rewritten graph is built for any CPU, not only Zen.
         tiles = ChannelTiles.default(geometry, 1)
-        return schedule_forward(channel_forward(geometry, tiles.fwd_filters, tiles.fwd_rows))["main"]
+        return schedule_host(channel_forward(geometry, tiles.fwd_filters, tiles.fwd_rows), "forward")["main"]
 
-    def gpu_forward_func(self, geometry: ConvGeometry) -> tvm.tirx.PrimFunc:
+    def gpu_template(self, geometry: ConvGeometry) -> tvm.tirx.PrimFunc:
         from mest_compile.compiler.kernels.channel_fwd_gpu import channel_forward_gpu
-        from mest_compile.compiler.schedules.gpu import bind_spatial
 
-        return bind_spatial(channel_forward_gpu(geometry), ("conv",))
+        return channel_forward_gpu(geometry)
 
     def forward_format(self, geometry: ConvGeometry, mask: torch.Tensor) -> ChannelFormat:
         return ChannelFormat.pack(mask, geometry)
@@ -174,10 +133,8 @@ CHANNEL = ChannelFamily()
 FAMILIES.add("channel", CHANNEL)
 
 
-def channel_kernels(geometry: ConvGeometry, target: Any = "host") -> ChannelKernels:
+def channel_kernels(geometry: ConvGeometry, target: Any = "host") -> CompiledKernels:
     """The gated, cached channel kernels of `geometry` on `target` (see `build.kernels_for`)."""
     from mest_compile.compiler.build import kernels_for
 
-    kernels = kernels_for(CHANNEL, geometry, target)
-    assert isinstance(kernels, ChannelKernels)
-    return kernels
+    return cast(CompiledKernels, kernels_for(CHANNEL, geometry, target))

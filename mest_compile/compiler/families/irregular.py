@@ -9,84 +9,24 @@ them for a geometry and registers the family.
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 import tvm
 
 from mest_compile.compiler.families import FAMILIES, KernelFamily
+from mest_compile.compiler.families.compiled import CompiledKernels
 from mest_compile.compiler.formats.geometry import ConvGeometry
 from mest_compile.compiler.formats.irregular import IrregularFormat
 from mest_compile.compiler.kernels.irregular_dgrad import irregular_dgrad
 from mest_compile.compiler.kernels.irregular_fwd import irregular_forward
 from mest_compile.compiler.kernels.irregular_wgrad import irregular_wgrad
+from mest_compile.compiler.schedules.host_space import schedule_host
 from mest_compile.compiler.schedules.irregular_host import (
     IrregularTiles,
-    schedule_dgrad,
-    schedule_forward,
-    schedule_wgrad,
+    irregular_knobs,
 )
-from mest_compile.compiler.target import resolve_target
-
-
-@dataclass
-class IrregularKernels:
-    """The compiled kernels of one layer geometry (callable with torch tensors, zero-copy)."""
-
-    geometry: ConvGeometry
-    target: str
-    tiles: IrregularTiles
-    forward: Any
-    dgrad: Any
-    wgrad: Any
-    executables: dict[str, Any] = field(repr=False)
-    modules: dict[str, Any] = field(repr=False, default_factory=dict)
-    build_seconds: float = 0.0
-    gate_seconds: float = 0.0
-    gate_errors: dict[str, float] = field(default_factory=dict)
-
-    def pack(self, mask: torch.Tensor, capacity: int | None = None) -> IrregularFormat:
-        """Pack `mask` in the layout these kernels read."""
-        return IrregularFormat.pack(
-            mask, self.geometry, capacity, chunk_filters=self.tiles.dgrad_chunk, channel_block=self.tiles.wgrad_channels
-        )
-
-    def source(self, which: str = "forward", kind: str = "asm") -> str:
-        """Generated code of one kernel (`which`: forward, dgrad, wgrad; `kind`: "asm" or "ll")."""
-        return self.executables[which].mod.inspect_source(kind)
-
-    def tir(self, which: str = "forward") -> str:
-        """The scheduled TIR of one kernel, as TVMScript."""
-        return self.modules[which].script()
-
-
-def compile_irregular_kernels(
-    geo: ConvGeometry, target: Any = "host", tiles: IrregularTiles | None = None
-) -> IrregularKernels:
-    """Compile (without gating or caching) the three irregular kernels of `geo`."""
-    tgt = resolve_target(target)
-    tiles = tiles or IrregularTiles.default(geo, int(tgt.attrs.get("num-cores", 1)))
-    start = time.perf_counter()
-    mods = {
-        "forward": schedule_forward(irregular_forward(geo, tiles.fwd_rows)),
-        "dgrad": schedule_dgrad(irregular_dgrad(geo, tiles.dgrad_rows, tiles.dgrad_chunk)),
-        "wgrad": schedule_wgrad(irregular_wgrad(geo, tiles.wgrad_cols, tiles.wgrad_slots, tiles.wgrad_images, tiles.wgrad_channels)),
-    }
-    exes = {name: tvm.compile(mod, target=tgt) for name, mod in mods.items()}
-    return IrregularKernels(
-        geometry=geo,
-        target=str(tgt),
-        tiles=tiles,
-        forward=exes["forward"]["irregular_fwd"],
-        dgrad=exes["dgrad"]["irregular_dgrad"],
-        wgrad=exes["wgrad"]["irregular_wgrad"],
-        executables=exes,
-        modules=mods,
-        build_seconds=time.perf_counter() - start,
-    )
 
 
 def random_irregular_mask(weight_shape: tuple[int, ...], density: float, generator: torch.Generator) -> torch.Tensor:
@@ -110,22 +50,51 @@ class IrregularFamily(KernelFamily):
             return f"kernel width {geometry.kernel_w} at stride {geometry.stride} (input gradient reads at most 3 shifts)"
         return None
 
-    def build(self, geometry: ConvGeometry, target: Any) -> IrregularKernels:
-        return compile_irregular_kernels(geometry, target)
+    entries = {"forward": "irregular_fwd", "dgrad": "irregular_dgrad", "wgrad": "irregular_wgrad"}
 
-    def pack(self, kernels: Any, mask: torch.Tensor, capacity: int | None = None) -> IrregularFormat:
-        return kernels.pack(mask, capacity)
+    def default_tiles(self, geometry: ConvGeometry, target: tvm.target.Target) -> IrregularTiles:
+        return IrregularTiles.default(geometry, int(target.attrs.get("num-cores", 1)))
+
+    def template(self, geometry: ConvGeometry, which: str, tiles: IrregularTiles) -> tvm.tirx.PrimFunc:
+        if which == "forward":
+            return irregular_forward(geometry, tiles.fwd_rows)
+        if which == "dgrad":
+            return irregular_dgrad(geometry, tiles.dgrad_rows, tiles.dgrad_chunk)
+        return irregular_wgrad(geometry, tiles.wgrad_cols, tiles.wgrad_slots, tiles.wgrad_images, tiles.wgrad_channels)
+
+    def knobs(self, geometry: ConvGeometry, which: str, tiles: IrregularTiles) -> dict[str, list[Any]]:
+        return irregular_knobs(geometry, which, tiles)
+
+    def pack_with(self, geometry: ConvGeometry, tiles: IrregularTiles, mask: torch.Tensor,
+                  capacity: int | None = None) -> IrregularFormat:
+        return IrregularFormat.pack(mask, geometry, capacity, chunk_filters=tiles.dgrad_chunk,
+                                    channel_block=tiles.wgrad_channels)
+
+    def kernel_args(self, which: str, x: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor,
+                    fmt: Any) -> list[torch.Tensor]:
+        values = fmt.values(weight).contiguous()
+        if which == "forward":
+            return [x, values, fmt.row_ptr, fmt.x_off, torch.empty_like(dy)]
+        if which == "dgrad":
+            return [dy, values, fmt.dx_ptr, fmt.dx_val, fmt.dx_off, torch.empty_like(x)]
+        return [x, dy, fmt.seg_ptr, fmt.x_off, torch.empty_like(values)]
 
     def conv(self, x: torch.Tensor, weight: torch.Tensor, fmt: Any, kernels: Any) -> torch.Tensor:
-        from mest_compile.compiler.families.irregular_ops import irregular_conv2d_packed
+        from mest_compile.compiler.families.op_args import check_packing
+        from mest_compile.compiler.families.ops import KernelBuffers, packed_conv2d
 
-        return irregular_conv2d_packed(x, weight, fmt, kernels.target)
+        check_packing((fmt.chunk_filters, fmt.channel_block), (kernels.tiles.dgrad_chunk, kernels.tiles.wgrad_channels),
+                      "(filters per input-gradient chunk, channels per weight-gradient block)")
+        buffers = KernelBuffers([fmt.row_ptr, fmt.x_off], [fmt.dx_ptr, fmt.dx_val, fmt.dx_off], [fmt.seg_ptr, fmt.x_off])
+        return packed_conv2d(x, fmt.values(weight), buffers, self, kernels)
 
     def random_mask(self, weight_shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
         return random_irregular_mask(weight_shape, 0.3, generator)
 
     def phase_calls(self, x: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor, fmt: Any,
                     kernels: Any) -> dict[str, Callable[[], object]]:
+        from mest_compile.compiler.formats.values import scatter_flat
+
         def fwd() -> None:
             y = x.new_empty(dy.shape)
             kernels.forward(x, fmt.values(weight), fmt.row_ptr, fmt.x_off, y)
@@ -136,7 +105,7 @@ class IrregularFamily(KernelFamily):
         def wgrad() -> None:
             dv = x.new_empty(fmt.nnz)
             kernels.wgrad(x, dy, fmt.seg_ptr, fmt.x_off, dv)
-            torch.zeros(weight.numel()).index_put_((fmt.flat_idx[: fmt.nnz],), dv)
+            scatter_flat(dv, fmt.flat_idx, weight.numel())
 
         return {"fwd": fwd, "dgrad": dgrad, "wgrad": wgrad}
 
@@ -146,13 +115,12 @@ class IrregularFamily(KernelFamily):
 
     def forward_func(self, geometry: ConvGeometry) -> tvm.tirx.PrimFunc:
         rows = IrregularTiles.default(geometry, 1).fwd_rows  # forward tiles do not depend on threads
-        return schedule_forward(irregular_forward(geometry, rows))["main"]
+        return schedule_host(irregular_forward(geometry, rows), "forward")["main"]
 
-    def gpu_forward_func(self, geometry: ConvGeometry) -> tvm.tirx.PrimFunc:
+    def gpu_template(self, geometry: ConvGeometry) -> tvm.tirx.PrimFunc:
         from mest_compile.compiler.kernels.irregular_fwd_gpu import irregular_forward_gpu
-        from mest_compile.compiler.schedules.gpu import bind_spatial
 
-        return bind_spatial(irregular_forward_gpu(geometry), ("conv",))
+        return irregular_forward_gpu(geometry)
 
     def forward_format(self, geometry: ConvGeometry, mask: torch.Tensor) -> IrregularFormat:
         return IrregularFormat.pack(mask, geometry)
@@ -164,10 +132,8 @@ IRREGULAR = IrregularFamily()
 FAMILIES.add("irregular", IRREGULAR)
 
 
-def irregular_kernels(geometry: ConvGeometry, target: Any = "host") -> IrregularKernels:
+def irregular_kernels(geometry: ConvGeometry, target: Any = "host") -> CompiledKernels:
     """The gated, cached irregular kernels of `geometry` on `target` (see `build.kernels_for`)."""
     from mest_compile.compiler.build import kernels_for
 
-    kernels = kernels_for(IRREGULAR, geometry, target)
-    assert isinstance(kernels, IrregularKernels)
-    return kernels
+    return cast(CompiledKernels, kernels_for(IRREGULAR, geometry, target))

@@ -9,81 +9,29 @@ schedules in `schedules/pattern_host.py`, torch ops in `families/pattern_ops.py`
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, cast
 
 import torch
 import tvm
 
 from mest_compile.compiler.families import FAMILIES, KernelFamily
+from mest_compile.compiler.families.compiled import CompiledKernels
 from mest_compile.compiler.formats.geometry import ConvGeometry
-from mest_compile.compiler.formats.pattern import NUM_PATTERNS, PATTERNS, SCHEMES, TAPS_PER_KERNEL, PatternFormat, pattern_ids
+from mest_compile.compiler.formats.pattern import (
+    NUM_PATTERNS,
+    PATTERNS,
+    SCHEMES,
+    TAPS_PER_KERNEL,
+    PatternFormat,
+    pattern_ids,
+)
 from mest_compile.compiler.kernels.pattern_dgrad import pattern_dgrad
 from mest_compile.compiler.kernels.pattern_fwd import pattern_forward
-from mest_compile.compiler.kernels.pattern_taps import InputLayout, input_layout
+from mest_compile.compiler.kernels.pattern_taps import input_layout
 from mest_compile.compiler.kernels.pattern_wgrad import pattern_wgrad
-from mest_compile.compiler.schedules.pattern_host import PatternTiles, schedule_dgrad, schedule_forward, schedule_wgrad
-from mest_compile.compiler.target import resolve_target
-
-
-@dataclass
-class PatternKernels:
-    """The compiled kernels of one layer geometry (callable with torch tensors, zero-copy)."""
-
-    geometry: ConvGeometry
-    target: str
-    tiles: PatternTiles
-    layout: InputLayout
-    forward: Any
-    dgrad: Any
-    wgrad: Any
-    executables: dict[str, Any] = field(repr=False)
-    modules: dict[str, Any] = field(repr=False, default_factory=dict)
-    build_seconds: float = 0.0
-    gate_seconds: float = 0.0
-    gate_errors: dict[str, float] = field(default_factory=dict)
-
-    def pack(self, mask: torch.Tensor, capacity: int | None = None) -> PatternFormat:
-        """Pack `mask` in the layout these kernels read."""
-        return PatternFormat.pack(mask, self.geometry, capacity, x_plane=self.layout.plane)
-
-    def source(self, which: str = "forward", kind: str = "asm") -> str:
-        """Generated code of one kernel (`which`: forward, dgrad, wgrad; `kind`: "asm" or "ll")."""
-        return self.executables[which].mod.inspect_source(kind)
-
-    def tir(self, which: str = "forward") -> str:
-        """The scheduled TIR of one kernel, as TVMScript."""
-        return self.modules[which].script()
-
-
-def compile_pattern_kernels(geo: ConvGeometry, target: Any = "host", tiles: PatternTiles | None = None) -> PatternKernels:
-    """Compile (without gating or caching) the three pattern kernels of `geo`."""
-    tgt = resolve_target(target)
-    tiles = tiles or PatternTiles.default(geo, int(tgt.attrs.get("num-cores", 1)))
-    layout = input_layout(geo, tiles.aligned_input)
-    start = time.perf_counter()
-    mods = {
-        "forward": schedule_forward(pattern_forward(geo, tiles.fwd_rows, layout)),
-        "dgrad": schedule_dgrad(pattern_dgrad(geo, tiles.dgrad_rows)),
-        "wgrad": schedule_wgrad(
-            pattern_wgrad(geo, tiles.wgrad_cols, tiles.wgrad_rows, tiles.wgrad_slots, tiles.wgrad_images, layout)
-        ),
-    }
-    exes = {name: tvm.compile(mod, target=tgt) for name, mod in mods.items()}
-    return PatternKernels(
-        geometry=geo,
-        target=str(tgt),
-        tiles=tiles,
-        layout=layout,
-        forward=exes["forward"]["pattern_fwd"],
-        dgrad=exes["dgrad"]["pattern_dgrad"],
-        wgrad=exes["wgrad"]["pattern_wgrad"],
-        executables=exes,
-        modules=mods,
-        build_seconds=time.perf_counter() - start,
-    )
+from mest_compile.compiler.schedules.host_space import schedule_host
+from mest_compile.compiler.schedules.pattern_host import PatternTiles, pattern_knobs
 
 
 def random_pattern_mask(weight_shape: tuple[int, ...], density: float, generator: torch.Generator,
@@ -121,22 +69,48 @@ class PatternFamily(KernelFamily):
     def units(self, mask: torch.Tensor) -> int:
         return int((pattern_ids(mask) > 0).sum())
 
-    def build(self, geometry: ConvGeometry, target: Any) -> PatternKernels:
-        return compile_pattern_kernels(geometry, target)
+    entries = {"forward": "pattern_fwd", "dgrad": "pattern_dgrad", "wgrad": "pattern_wgrad"}
 
-    def pack(self, kernels: Any, mask: torch.Tensor, capacity: int | None = None) -> PatternFormat:
-        return kernels.pack(mask, capacity)
+    def default_tiles(self, geometry: ConvGeometry, target: tvm.target.Target) -> PatternTiles:
+        return PatternTiles.default(geometry, int(target.attrs.get("num-cores", 1)))
+
+    def template(self, geometry: ConvGeometry, which: str, tiles: PatternTiles) -> tvm.tirx.PrimFunc:
+        layout = input_layout(geometry, tiles.aligned_input)
+        if which == "forward":
+            return pattern_forward(geometry, tiles.fwd_rows, layout)
+        if which == "dgrad":
+            return pattern_dgrad(geometry, tiles.dgrad_rows)
+        return pattern_wgrad(geometry, tiles.wgrad_cols, tiles.wgrad_rows, tiles.wgrad_slots, tiles.wgrad_images, layout)
+
+    def knobs(self, geometry: ConvGeometry, which: str, tiles: PatternTiles) -> dict[str, list[Any]]:
+        return pattern_knobs(geometry, which, tiles)
+
+    def pack_with(self, geometry: ConvGeometry, tiles: PatternTiles, mask: torch.Tensor,
+                  capacity: int | None = None) -> PatternFormat:
+        return PatternFormat.pack(mask, geometry, capacity, x_plane=input_layout(geometry, tiles.aligned_input).plane)
+
+    def kernel_args(self, which: str, x: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor,
+                    fmt: Any) -> list[torch.Tensor]:
+        values = fmt.values(weight).contiguous()
+        if which == "forward":
+            return [x, values, fmt.fwd_ptr, fmt.x_off, torch.empty_like(dy)]
+        if which == "dgrad":
+            return [dy, values, fmt.dx_ptr, fmt.dx_ker, fmt.dx_off, torch.empty_like(x)]
+        return [x, dy, fmt.fwd_ptr, fmt.x_off, torch.empty_like(values)]
 
     def conv(self, x: torch.Tensor, weight: torch.Tensor, fmt: Any, kernels: Any) -> torch.Tensor:
-        from mest_compile.compiler.families.pattern_ops import pattern_conv2d_packed
+        from mest_compile.compiler.families.ops import KernelBuffers, packed_conv2d
 
-        return pattern_conv2d_packed(x, weight, fmt, kernels.target)
+        buffers = KernelBuffers([fmt.fwd_ptr, fmt.x_off], [fmt.dx_ptr, fmt.dx_ker, fmt.dx_off], [fmt.fwd_ptr, fmt.x_off])
+        return packed_conv2d(x, fmt.values(weight), buffers, self, kernels)
 
     def random_mask(self, weight_shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
         return random_pattern_mask(weight_shape, 0.4, generator)
 
     def phase_calls(self, x: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor, fmt: Any,
                     kernels: Any) -> dict[str, Callable[[], object]]:
+        from mest_compile.compiler.formats.values import scatter_flat
+
         def fwd() -> None:
             y = x.new_empty(dy.shape)
             kernels.forward(x, fmt.values(weight), fmt.fwd_ptr, fmt.x_off, y)
@@ -147,7 +121,7 @@ class PatternFamily(KernelFamily):
         def wgrad() -> None:
             dv = x.new_empty(fmt.nnz, TAPS_PER_KERNEL)
             kernels.wgrad(x, dy, fmt.fwd_ptr, fmt.x_off, dv)
-            torch.zeros(weight.numel()).index_put_((fmt.flat_idx[: fmt.nnz],), dv)
+            scatter_flat(dv, fmt.flat_idx, weight.numel())
 
         return {"fwd": fwd, "dgrad": dgrad, "wgrad": wgrad}
 
@@ -157,14 +131,13 @@ class PatternFamily(KernelFamily):
     def forward_func(self, geometry: ConvGeometry) -> tvm.tirx.PrimFunc:
         tiles = PatternTiles.default(geometry, 1)  # forward tiles do not depend on threads
         layout = input_layout(geometry, tiles.aligned_input)
-        return schedule_forward(pattern_forward(geometry, tiles.fwd_rows, layout))["main"]
+        return schedule_host(pattern_forward(geometry, tiles.fwd_rows, layout), "forward")["main"]
 
-    def gpu_forward_func(self, geometry: ConvGeometry) -> tvm.tirx.PrimFunc:
+    def gpu_template(self, geometry: ConvGeometry) -> tvm.tirx.PrimFunc:
         from mest_compile.compiler.kernels.pattern_fwd_gpu import pattern_forward_gpu
-        from mest_compile.compiler.schedules.gpu import bind_spatial
 
         layout = input_layout(geometry, PatternTiles.default(geometry, 1).aligned_input)  # as forward_format
-        return bind_spatial(pattern_forward_gpu(geometry, layout.plane), ("conv",))
+        return pattern_forward_gpu(geometry, layout.plane)
 
     def forward_format(self, geometry: ConvGeometry, mask: torch.Tensor) -> PatternFormat:
         layout = input_layout(geometry, PatternTiles.default(geometry, 1).aligned_input)
@@ -178,8 +151,8 @@ PATTERN = PatternFamily()
 FAMILIES.add("pattern", PATTERN)
 
 
-def pattern_kernels(geometry: ConvGeometry, target: Any = "host") -> PatternKernels:
+def pattern_kernels(geometry: ConvGeometry, target: Any = "host") -> CompiledKernels:
     """The gated, cached pattern kernels of `geometry` on `target` (see `build.kernels_for`)."""
     from mest_compile.compiler.build import kernels_for
 
-    return cast(PatternKernels, kernels_for(PATTERN, geometry, target))
+    return cast(CompiledKernels, kernels_for(PATTERN, geometry, target))

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from mest_compile.compiler.formats.geometry import ConvGeometry
+from mest_compile.compiler.formats.values import gather_flat
 from mest_compile.errors import MestError
 
 SCHEME = "free_block_prune_column_4"
@@ -63,7 +64,7 @@ class BlockFormat:
     @classmethod
     def pack(
         cls, mask: torch.Tensor, geometry: ConvGeometry, capacity: int | None = None, chunk_groups: int = 0
-    ) -> "BlockFormat":
+    ) -> BlockFormat:
         """Pack a legal block `mask` (shaped like the weight) for `geometry`.
 
         Args:
@@ -98,7 +99,7 @@ class BlockFormat:
         """Whether `mask` can be repacked into these buffers."""
         return int(kept_blocks(mask.detach().cpu()).sum()) <= self.capacity
 
-    def repack_(self, mask: torch.Tensor) -> "BlockFormat":
+    def repack_(self, mask: torch.Tensor) -> BlockFormat:
         """Refill the buffers in place for a new mask of the same layer (no new buffers)."""
         kept = kept_blocks(mask.detach().cpu())
         if int(kept.sum()) > self.capacity:
@@ -133,7 +134,7 @@ class BlockFormat:
 
     def values(self, weight: torch.Tensor) -> torch.Tensor:
         """`(nnz, 4)` kept values of `weight`; differentiable (its gradient is zero off the mask)."""
-        return weight.reshape(-1)[self.flat_idx[: self.nnz]]
+        return gather_flat(weight, self.flat_idx, self.nnz)
 
     def signature(self, buckets: int = 8) -> tuple:
         """Structure signature: geometry, capacity and a histogram of blocks per filter group.

@@ -51,7 +51,7 @@ class ChannelFormat:
     gather: torch.Tensor  # (capacity,) int64: `kept` for torch indexing
 
     @classmethod
-    def pack(cls, mask: torch.Tensor, geometry: ConvGeometry, capacity: int | None = None) -> "ChannelFormat":
+    def pack(cls, mask: torch.Tensor, geometry: ConvGeometry, capacity: int | None = None) -> ChannelFormat:
         """Pack a legal channel `mask` (shaped like the weight) for `geometry`.
 
         Args:
@@ -79,7 +79,7 @@ class ChannelFormat:
         """Whether `mask` can be repacked into these buffers."""
         return mask.shape[0] == self.geometry.out_channels and int(kept_filters(mask.detach().cpu()).sum()) <= self.capacity
 
-    def repack_(self, mask: torch.Tensor) -> "ChannelFormat":
+    def repack_(self, mask: torch.Tensor) -> ChannelFormat:
         """Refill the buffers in place for a new mask of the same layer (no new buffers)."""
         kept = kept_filters(mask.detach().cpu())
         if int(kept.sum()) > self.capacity:

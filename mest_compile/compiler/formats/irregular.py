@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from mest_compile.compiler.formats.geometry import ConvGeometry
+from mest_compile.compiler.formats.values import gather_flat
 from mest_compile.errors import MestError
 
 SCHEME = "irregular"
@@ -66,7 +67,7 @@ class IrregularFormat:
         capacity: int | None = None,
         chunk_filters: int = 0,
         channel_block: int = 0,
-    ) -> "IrregularFormat":
+    ) -> IrregularFormat:
         """Pack a weight-shaped bool `mask` for `geometry`.
 
         Args:
@@ -108,7 +109,7 @@ class IrregularFormat:
         """Whether `mask` can be repacked into these buffers."""
         return int(_kept(mask, self.geometry).sum()) <= self.capacity
 
-    def repack_(self, mask: torch.Tensor) -> "IrregularFormat":
+    def repack_(self, mask: torch.Tensor) -> IrregularFormat:
         """Refill the buffers in place for a new mask of the same layer (no new buffers)."""
         kept = _kept(mask, self.geometry)
         if int(kept.sum()) > self.capacity:
@@ -151,7 +152,7 @@ class IrregularFormat:
 
     def values(self, weight: torch.Tensor) -> torch.Tensor:
         """`(nnz,)` kept values of `weight` in CSR order; differentiable (gradient zero off the mask)."""
-        return weight.reshape(-1)[self.flat_idx[: self.nnz]]
+        return gather_flat(weight, self.flat_idx, self.nnz)
 
     def signature(self, buckets: int = 8) -> tuple:
         """Structure signature: geometry, capacity and a histogram of nonzeros per filter.

@@ -20,11 +20,12 @@ same compiled kernels).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import torch
 
 from mest_compile.compiler.formats.geometry import ConvGeometry
+from mest_compile.compiler.formats.values import gather_flat
 from mest_compile.errors import MestError
 from mest_compile.sparsity.schemes.pattern import PATTERNS, kernel_patterns
 
@@ -33,7 +34,7 @@ NUM_PATTERNS = 8
 TAPS_PER_KERNEL = 4
 
 
-@lru_cache(maxsize=None)
+@cache
 def pattern_taps() -> tuple[tuple[tuple[int, int], ...], ...]:
     """`(kh, kw)` of each pattern's 4 kept entries, row-major (the order of `values` columns)."""
     taps = []
@@ -75,7 +76,7 @@ class PatternFormat:
     @classmethod
     def pack(
         cls, mask: torch.Tensor, geometry: ConvGeometry, capacity: int | None = None, x_plane: int | None = None
-    ) -> "PatternFormat":
+    ) -> PatternFormat:
         """Pack a legal pattern `mask` (shaped like the weight) for `geometry`.
 
         Args:
@@ -111,7 +112,7 @@ class PatternFormat:
             return False
         return int((pattern_ids(mask) > 0).sum()) <= self.capacity
 
-    def repack_(self, mask: torch.Tensor) -> "PatternFormat":
+    def repack_(self, mask: torch.Tensor) -> PatternFormat:
         """Refill the buffers in place for a new mask of the same layer (no new buffers)."""
         ids = pattern_ids(mask)
         nnz = int((ids > 0).sum())
@@ -150,7 +151,7 @@ class PatternFormat:
 
     def values(self, weight: torch.Tensor) -> torch.Tensor:
         """`(nnz, 4)` kept values of `weight`; differentiable (its gradient is zero off the mask)."""
-        return weight.reshape(-1)[self.flat_idx[: self.nnz]]
+        return gather_flat(weight, self.flat_idx, self.nnz)
 
     def pattern_counts(self) -> torch.Tensor:
         """(8,) kept kernels per pattern."""

@@ -2,20 +2,22 @@
 
 The kernels' inner loops (vectorised over output pixels, unrolled over the 4 block rows and the
 tile rows) are part of the templates: vectorisation sits *inside* the data-dependent loop,
-never around it (TVM_NOTES §3.5). The schedules only place the fill stage next to its
-consumer, so each image's scratch is built right before use and stays in L2, and parallelise
-over images (slots for the weight gradient).
+never around it (TVM_NOTES §3.5). The tiles below shape those templates; the loop-level
+schedule every scheme shares is in `host_space.py`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import tvm
-from tvm import s_tir, tirx
-
 from mest_compile.compiler.formats.geometry import ConvGeometry
-from mest_compile.compiler.schedules.host_common import fill_at_image, largest_divisor, vectors
+from mest_compile.compiler.schedules.host_common import (
+    around,
+    divisors,
+    largest_divisor,
+    vectors,
+)
+
 
 @dataclass(frozen=True)
 class BlockTiles:
@@ -39,7 +41,7 @@ class BlockTiles:
     dgrad_chunk: int
 
     @classmethod
-    def default(cls, geo: ConvGeometry, threads: int) -> "BlockTiles":
+    def default(cls, geo: ConvGeometry, threads: int) -> BlockTiles:
         dgrad_rows = largest_divisor(geo.dx_rows, max(1, 8 // vectors(geo.dx_cols)))
         return cls(
             fwd_rows=largest_divisor(geo.out_h, max(1, 4 // vectors(geo.out_w))),
@@ -66,21 +68,12 @@ def dgrad_chunk_groups(geo: ConvGeometry, rows: int) -> int:
     return max(1, min(geo.out_channels // 4, fit))
 
 
-def schedule_forward(func: tirx.PrimFunc) -> tvm.IRModule:
-    """Fill each image's input scratch under the image loop; images in parallel."""
-    return fill_at_image(func, "conv")
-
-
-def schedule_dgrad(func: tirx.PrimFunc) -> tvm.IRModule:
-    """Fill each image's dy scratch under the image loop; images in parallel."""
-    return fill_at_image(func, "dgrad")
-
-
-def schedule_wgrad(func: tirx.PrimFunc) -> tvm.IRModule:
-    """Slots in parallel; the final slot/lane reduction in parallel over blocks."""
-    sch = s_tir.Schedule(func)
-    (slot,) = sch.get_loops(sch.get_sblock("wgrad"))
-    sch.parallel(slot)
-    j, _ = sch.get_loops(sch.get_sblock("reduce"))
-    sch.parallel(j)
-    return sch.mod
+def block_knobs(geo: ConvGeometry, which: str, tiles: BlockTiles) -> dict[str, list[int]]:
+    """Tile values the tuner tries for kernel `which` (register-tile rows up to 32 accumulators)."""
+    if which == "forward":
+        return {"fwd_rows": divisors(geo.out_h, max(1, 8 // vectors(geo.out_w)))}
+    if which == "dgrad":
+        return {"dgrad_rows": divisors(geo.dx_rows, max(1, 8 // vectors(geo.dx_cols))),
+                "dgrad_chunk": around(tiles.dgrad_chunk, high=geo.out_channels // 4)}
+    return {"wgrad_cols": sorted({1, 2, tiles.wgrad_cols}), "wgrad_images": around(tiles.wgrad_images, high=16),
+            "wgrad_slots": [tiles.wgrad_slots, 2 * tiles.wgrad_slots]}

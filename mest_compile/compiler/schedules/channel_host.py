@@ -12,10 +12,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import tvm
-from tvm import s_tir, tirx
 
 from mest_compile.compiler.formats.geometry import ConvGeometry
-from mest_compile.compiler.schedules.host_common import fill_at_image, largest_divisor, vectors
+from mest_compile.compiler.schedules.host_common import (
+    around,
+    divisors,
+    largest_divisor,
+    vectors,
+)
+
 
 @dataclass(frozen=True)
 class ChannelTiles:
@@ -49,9 +54,9 @@ class ChannelTiles:
     wgrad_images: int
 
     @classmethod
-    def default(cls, geo: ConvGeometry, threads: int, clzero: bool = False) -> "ChannelTiles":
+    def default(cls, geo: ConvGeometry, threads: int, clzero: bool = False) -> ChannelTiles:
         out_v, dx_v = vectors(geo.out_w), vectors(geo.dx_cols)
-        channels = 4 if geo.in_channels >= 4 else geo.in_channels
+        channels = min(4, geo.in_channels)
         taps = geo.kernel_h * geo.kernel_w
         return cls(
             fwd_filters=4,
@@ -75,19 +80,11 @@ def has_clzero(target: tvm.target.Target) -> bool:
     return mcpu.startswith("znver") or "+clzero" in mattr
 
 
-def schedule_forward(func: tirx.PrimFunc) -> tvm.IRModule:
-    """Fill each image's input scratch under the image loop; images in parallel."""
-    return fill_at_image(func, "conv")
-
-
-def schedule_dgrad(func: tirx.PrimFunc) -> tvm.IRModule:
-    """Fill each image's (kept) dy scratch under the image loop; images in parallel."""
-    return fill_at_image(func, "dgrad")
-
-
-def schedule_wgrad(func: tirx.PrimFunc) -> tvm.IRModule:
-    """Channel slots in parallel: one parallel region, each weight owned by one thread."""
-    sch = s_tir.Schedule(func)
-    (slot,) = sch.get_loops(sch.get_sblock("wgrad"))
-    sch.parallel(slot)
-    return sch.mod
+def channel_knobs(geo: ConvGeometry, which: str, tiles: ChannelTiles) -> dict[str, list[int]]:
+    """Tile values the tuner tries for kernel `which`."""
+    if which == "forward":
+        return {"fwd_filters": [2, 4, 8], "fwd_rows": divisors(geo.out_h, max(1, 8 // vectors(geo.out_w)))}
+    if which == "dgrad":
+        return {"dgrad_channels": sorted({1, 2, tiles.dgrad_channels}),
+                "dgrad_rows": divisors(geo.dx_rows, max(1, 16 // (tiles.dgrad_channels * geo.stride * vectors(geo.dx_cols))))}
+    return {"wgrad_filters": sorted({1, 2, tiles.wgrad_filters}), "wgrad_images": around(tiles.wgrad_images, high=16)}

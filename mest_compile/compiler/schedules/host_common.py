@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import tvm
-from tvm import s_tir, tirx
-
 # One AVX-512 register holds 16 floats; rows narrower than that still take one register (on
 # Zen 4 a 256-bit FMA has the same FLOP rate per cycle as a 512-bit one, which it double-pumps).
 LANES = 16
@@ -20,10 +17,12 @@ def largest_divisor(n: int, limit: int) -> int:
     return max(d for d in range(1, max(1, min(n, limit)) + 1) if n % d == 0)
 
 
-def fill_at_image(func: tirx.PrimFunc, consumer: str) -> tvm.IRModule:
-    """Build each image's scratch right before `consumer` uses it (it stays in L2); images in parallel."""
-    sch = s_tir.Schedule(func)
-    loops = sch.get_loops(sch.get_sblock(consumer))
-    sch.compute_at(sch.get_sblock("fill"), loops[0])
-    sch.parallel(loops[0])
-    return sch.mod
+def divisors(n: int, limit: int) -> list[int]:
+    """The divisors of `n` that are at most `limit` (at least [1])."""
+    return [d for d in range(1, max(1, min(n, limit)) + 1) if n % d == 0]
+
+
+def around(value: int, low: int = 1, high: int | None = None) -> list[int]:
+    """`value` halved, kept and doubled, within [low, high]: a tuner's neighbourhood of a size knob."""
+    top = high if high is not None else 2 * value
+    return sorted({min(max(v, low), top) for v in (value // 2, value, 2 * value)})

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import tvm
-from tvm import s_tir, tirx
-
 from mest_compile.compiler.formats.geometry import ConvGeometry
-from mest_compile.compiler.schedules.host_common import fill_at_image, largest_divisor, vectors
+from mest_compile.compiler.schedules.host_common import (
+    around,
+    divisors,
+    largest_divisor,
+    vectors,
+)
+
 
 @dataclass(frozen=True)
 class IrregularTiles:
@@ -48,7 +51,7 @@ class IrregularTiles:
     wgrad_channels: int
 
     @classmethod
-    def default(cls, geo: ConvGeometry, threads: int) -> "IrregularTiles":
+    def default(cls, geo: ConvGeometry, threads: int) -> IrregularTiles:
         dgrad_rows = largest_divisor(geo.dx_rows, max(1, 8 // vectors(geo.dx_cols)))
         return cls(
             fwd_rows=largest_divisor(geo.out_h, max(1, min(4, 8 // vectors(geo.out_w)))),
@@ -88,21 +91,12 @@ def wgrad_channel_block(geo: ConvGeometry) -> int:
     return max(1, min(geo.in_channels, WGRAD_BLOCK_BYTES // per_channel))
 
 
-def schedule_forward(func: tirx.PrimFunc) -> tvm.IRModule:
-    """Fill each image's input scratch under the image loop; images in parallel."""
-    return fill_at_image(func, "conv")
-
-
-def schedule_dgrad(func: tirx.PrimFunc) -> tvm.IRModule:
-    """Fill each image's dy scratch under the image loop; images in parallel."""
-    return fill_at_image(func, "dgrad")
-
-
-def schedule_wgrad(func: tirx.PrimFunc) -> tvm.IRModule:
-    """Slots in parallel; the final slot/lane reduction in parallel over nonzeros."""
-    sch = s_tir.Schedule(func)
-    (slot,) = sch.get_loops(sch.get_sblock("wgrad"))
-    sch.parallel(slot)
-    (j,) = sch.get_loops(sch.get_sblock("reduce"))
-    sch.parallel(j)
-    return sch.mod
+def irregular_knobs(geo: ConvGeometry, which: str, tiles: IrregularTiles) -> dict[str, list[int]]:
+    """Tile values the tuner tries for kernel `which`."""
+    if which == "forward":
+        return {"fwd_rows": divisors(geo.out_h, max(1, 8 // vectors(geo.out_w)))}
+    if which == "dgrad":
+        return {"dgrad_rows": divisors(geo.dx_rows, max(1, 8 // vectors(geo.dx_cols))),
+                "dgrad_chunk": around(tiles.dgrad_chunk, high=geo.out_channels)}
+    return {"wgrad_cols": sorted({1, 2, tiles.wgrad_cols}), "wgrad_images": around(tiles.wgrad_images, high=16),
+            "wgrad_channels": around(tiles.wgrad_channels, high=geo.in_channels)}

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import tvm
-from tvm import s_tir, tirx
-
 from mest_compile.compiler.formats.geometry import ConvGeometry
-from mest_compile.compiler.schedules.host_common import fill_at_image, largest_divisor, vectors
+from mest_compile.compiler.schedules.host_common import (
+    around,
+    divisors,
+    largest_divisor,
+    vectors,
+)
+
 
 @dataclass(frozen=True)
 class PatternTiles:
@@ -44,7 +47,7 @@ class PatternTiles:
     aligned_input: bool
 
     @classmethod
-    def default(cls, geo: ConvGeometry, threads: int) -> "PatternTiles":
+    def default(cls, geo: ConvGeometry, threads: int) -> PatternTiles:
         fwd_most = 2 if geo.stride > 1 and geo.out_w > 8 else max(1, 8 // vectors(geo.out_w))
         return cls(
             fwd_rows=largest_divisor(geo.out_h, fwd_most),
@@ -77,21 +80,11 @@ def dgrad_rows(geo: ConvGeometry) -> int:
     return max(fits) if fits else largest_divisor(geo.dx_rows, most)
 
 
-def schedule_forward(func: tirx.PrimFunc) -> tvm.IRModule:
-    """Fill each image's input scratch under the image loop; images in parallel."""
-    return fill_at_image(func, "conv")
-
-
-def schedule_dgrad(func: tirx.PrimFunc) -> tvm.IRModule:
-    """Fill each image's dy scratch under the image loop; images in parallel."""
-    return fill_at_image(func, "dgrad")
-
-
-def schedule_wgrad(func: tirx.PrimFunc) -> tvm.IRModule:
-    """Slots in parallel; the final slot/lane reduction in parallel over kernels."""
-    sch = s_tir.Schedule(func)
-    (slot,) = sch.get_loops(sch.get_sblock("wgrad"))
-    sch.parallel(slot)
-    j, _ = sch.get_loops(sch.get_sblock("reduce"))
-    sch.parallel(j)
-    return sch.mod
+def pattern_knobs(geo: ConvGeometry, which: str, tiles: PatternTiles) -> dict[str, list[int]]:
+    """Tile values the tuner tries for kernel `which` (register tiles up to ~32 accumulators)."""
+    if which == "forward":
+        return {"fwd_rows": divisors(geo.out_h, max(1, 8 // vectors(geo.out_w)))}
+    if which == "dgrad":
+        return {"dgrad_rows": divisors(geo.dx_rows, max(1, 8 // vectors(geo.dx_cols)))}
+    return {"wgrad_cols": sorted({1, 2, tiles.wgrad_cols}), "wgrad_rows": divisors(geo.out_h, 4),
+            "wgrad_images": around(tiles.wgrad_images, high=16)}

@@ -1,0 +1,208 @@
+"""Tuning records: MetaSchedule's JSON database plus a small manifest, and their replay.
+
+`mest-compile tune` writes MetaSchedule's own `database_workload.json` and
+`database_tuning_record.json` (plain TVM opens them with `ms.database.JSONDatabase`) and
+`manifest.json`, which says for every tuned kernel which template variant each workload is,
+the static shapes it was specialised to, and the untuned and best times. The best record's
+trace replays onto the same template with symbolic batch size and nonzeros
+(`families/compiled.replay`), so one tuning run serves every mask and batch of the layer.
+
+`use_records(work_dir)` makes a work dir's records the ones every kernel build consults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+from typing import Any
+
+from mest_compile.compiler.families import KernelFamily, family_for
+from mest_compile.compiler.families.compiled import KERNELS
+from mest_compile.compiler.formats.geometry import ConvGeometry
+from mest_compile.compiler.target import resolve_target
+from mest_compile.errors import MestError
+
+MANIFEST = "manifest.json"
+DATABASE_FILES = ("database_workload.json", "database_tuning_record.json")
+FORMAT = "mest-compile-tuning"
+VERSION = 1
+
+
+def geometry_dict(geo: ConvGeometry) -> dict[str, int]:
+    """JSON form of a layer geometry."""
+    return dataclasses.asdict(geo)
+
+
+def empty_manifest(target: str) -> dict[str, Any]:
+    """A manifest with no kernels yet."""
+    return {"format": FORMAT, "version": VERSION, "target": target, "kernels": {}}
+
+
+def read_manifest(work_dir: Path) -> dict[str, Any] | None:
+    """The manifest of `work_dir`, None if there is none.
+
+    Raises:
+        MestError: the manifest is not a mest-compile tuning manifest (corrupt or foreign).
+    """
+    path = work_dir / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise MestError(f"{path} is corrupt ({err}); nothing was changed: move it away or use another --work-dir") from err
+    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("kernels"), dict):
+        raise MestError(f"{path} is not a mest-compile tuning manifest; use another --work-dir")
+    if data.get("version") != VERSION:
+        raise MestError(f"{path} has manifest version {data.get('version')}, this mest-compile reads {VERSION}: re-tune")
+    return data
+
+
+def write_manifest(work_dir: Path, manifest: dict[str, Any]) -> None:
+    """Write the manifest atomically (a crash leaves the old one or the new one, never half)."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=work_dir, prefix=".manifest-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as out:
+            json.dump(manifest, out, indent=1, sort_keys=True)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, work_dir / MANIFEST)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def open_database(work_dir: Path, create: bool = False) -> Any:
+    """MetaSchedule's JSON database in `work_dir`.
+
+    Raises:
+        MestError: the files are missing (unless `create`) or not a MetaSchedule database.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    missing = [name for name in DATABASE_FILES if not (work_dir / name).exists()]
+    if missing and not create:
+        raise MestError(f"{work_dir} has no MetaSchedule database ({', '.join(missing)} missing): run mest-compile tune first")
+    try:
+        return ms.database.JSONDatabase(work_dir=str(work_dir), allow_missing=create)
+    except Exception as err:  # TVM raises its own error types for unparsable lines
+        first = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise MestError(
+            f"the MetaSchedule database in {work_dir} cannot be read ({first}); nothing was changed: "
+            "move it away or use another --work-dir"
+        ) from err
+
+
+class TuningRecords:
+    """The tuned kernels of one work dir, ready to replay onto kernel builds."""
+
+    def __init__(self, work_dir: str | Path) -> None:
+        self.work_dir = Path(work_dir)
+        if not self.work_dir.is_dir():
+            raise MestError(f"tuning work dir {self.work_dir} does not exist")
+        manifest = read_manifest(self.work_dir)
+        if manifest is None:
+            raise MestError(f"{self.work_dir} holds no {MANIFEST}: it was not written by mest-compile tune")
+        self.manifest = manifest
+        self.target: str = str(manifest["target"])
+        self.database = open_database(self.work_dir)
+        self._warned: set[str] = set()
+
+    def entries(self, family: KernelFamily, geometry: ConvGeometry) -> dict[str, dict[str, Any]]:
+        """Manifest entries with a best record for `geometry`'s kernels of `family`, by kernel."""
+        wanted = geometry_dict(geometry)
+        out: dict[str, dict[str, Any]] = {}
+        for entry in self.manifest["kernels"].values():
+            if entry.get("best") is None or entry.get("geometry") != wanted:
+                continue
+            try:
+                same = family_for(entry["scheme"]) is family
+            except MestError:
+                continue
+            if same:
+                out[entry["which"]] = entry
+        return out
+
+    def choice(self, family: KernelFamily, geometry: ConvGeometry, target: Any) -> tuple[Any, dict[str, Any]]:
+        """The tiles and traces tuned for `geometry` on `target`: `(None, {})` if there are none."""
+        from mest_compile.compiler.tune.workload import TuneKernel, workload
+
+        from mest_compile.compiler.families import is_gpu_target
+
+        tgt = resolve_target(target)
+        entries = self.entries(family, geometry)
+        if not entries:
+            return None, {}
+        if str(tgt) != self.target:
+            self._warn_once(f"target:{tgt}", f"tuning records in {self.work_dir} are for {self.target}, these kernels "
+                            f"are built for {tgt}: using the hand-written schedules")
+            return None, {}
+        tiles = family.default_tiles(geometry, tgt)
+        traces: dict[str, Any] = {}
+        for which in KERNELS:
+            entry = entries.get(which)
+            if entry is None:
+                continue
+            best = entry["variants"][entry["best"]]
+            chosen = dataclasses.replace(tiles, **best["tiles"])
+            kernel = TuneKernel(entry["scheme"], geometry, which, int(entry["batch"]), float(entry["sparsity"]))
+            shapes = [(tuple(s), d) for s, d in best["shapes"]]
+            mod = workload(family, kernel, chosen, shapes, int(best["flops"]), is_gpu_target(tgt))
+            record = self._best_record(mod)
+            if record is None:
+                self._warn_once(f"stale:{entry['name']}", f"the tuning record of {entry['name']} in {self.work_dir} does "
+                                "not match this version's kernels: using the hand-written schedule (re-run tune)")
+                continue
+            tiles = chosen
+            traces[which] = record.trace
+        return tiles, traces
+
+    def _best_record(self, mod: Any) -> Any:
+        if not self.database.has_workload(mod):
+            return None
+        top = self.database.get_top_k(self.database.commit_workload(mod), 1)
+        return top[0] if top else None
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, stacklevel=4)
+
+
+_ACTIVE: TuningRecords | None = None
+_LOCK = threading.Lock()
+
+
+def use_records(work_dir: str | Path | None) -> TuningRecords | None:
+    """Make `work_dir`'s records the ones kernel builds replay (None: hand-written schedules only).
+
+    Kernels already compiled in this process are forgotten, so the next use rebuilds them.
+
+    Raises:
+        MestError: the work dir has no readable manifest and database.
+    """
+    global _ACTIVE
+    from mest_compile.compiler.build import clear_cache
+
+    records = TuningRecords(work_dir) if work_dir is not None else None
+    with _LOCK:
+        _ACTIVE = records
+    clear_cache()
+    return records
+
+
+def active_records() -> TuningRecords | None:
+    """The records kernel builds consult now."""
+    return _ACTIVE
+
+
+def tuned_choice(family: KernelFamily, geometry: ConvGeometry, target: Any) -> tuple[Any, dict[str, Any]]:
+    """Tiles and traces of the active records for this build, `(None, {})` without records."""
+    records = _ACTIVE
+    return records.choice(family, geometry, target) if records is not None else (None, {})

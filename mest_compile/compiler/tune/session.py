@@ -1,0 +1,323 @@
+"""One tuning run: MetaSchedule searches every kernel's variants and design spaces, measured on the target.
+
+Per kernel, every template variant is a MetaSchedule task whose design spaces are the loop-level
+schedules of `schedules/host_space.py` (CPU targets) or `schedules/gpu.py` (GPU targets); the
+gradient task scheduler spreads the trials over the tasks and one XGBoost cost model, trained on
+every measurement, ranks the candidates. Before the search, each kernel's hand-written schedule
+is measured through the same builder and runner: that is the "untuned" time, and it enters the
+database like any record, so the best record is never slower than the hand-written kernel.
+
+The runner's hooks find a candidate's real inputs by its argument signature; variants whose
+inputs differ but whose signatures coincide go to separate rounds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sys
+import time
+import types
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tvm
+from tvm import s_tir
+from tvm.s_tir import meta_schedule as ms
+
+from mest_compile.compiler.families import KernelFamily, family_for
+from mest_compile.compiler.presets import Preset
+from mest_compile.compiler.schedules.gpu import DEFAULT_THREADS, bind_block, gpu_spaces
+from mest_compile.compiler.schedules.host_space import Space, as_generator, spaces
+from mest_compile.compiler.target import resolve_target
+from mest_compile.compiler.tune import measure
+from mest_compile.compiler.tune.measurements import MEASUREMENTS, MeasureOptions
+from mest_compile.compiler.tune.records import empty_manifest, geometry_dict, open_database, read_manifest, write_manifest
+from mest_compile.compiler.tune.workload import TuneKernel, inputs, kernel_fields, shapes_of, variants, workload
+from mest_compile.errors import MestError
+
+
+@dataclass
+class TuneOptions:
+    """How one run searches and measures."""
+
+    work_dir: Path
+    trials: int  # the records' total over all kernels of the run: a re-run only adds what is missing
+    variants: int = 8  # template variants per kernel (CPU targets; GPU kernels have one template)
+    seed: int = 0
+    measure: MeasureOptions = field(default_factory=MeasureOptions)
+
+
+@dataclass
+class KernelResult:
+    """The summary row of one kernel."""
+
+    kernel: TuneKernel
+    untuned_s: float | None
+    tuned_s: float | None
+    trials: int
+    best_tiles: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Variant:
+    kernel: TuneKernel
+    tiles: Any
+    module: tvm.IRModule
+    shapes: list[Any]
+    inputs_path: str
+    signature: str
+    digest: str
+    flops: int
+
+
+ProgressFn = Callable[[str], None]
+
+
+@contextmanager
+def _without_tensor_intrinsics() -> Iterator[None]:
+    """Let `TuneContext` skip importing TVM's tensor intrinsics (23 s here, CUDA's 15 s of it).
+
+    Sparse schedules tensorize nothing; when the module is already imported this does nothing.
+    """
+    name = "tvm.s_tir.tensor_intrin"
+    if name in sys.modules:
+        yield
+        return
+    sys.modules[name] = types.ModuleType(name)
+    try:
+        yield
+    finally:
+        sys.modules.pop(name, None)
+
+
+def _median(seconds: Any) -> float:
+    values = sorted(float(s) for s in seconds)
+    return values[len(values) // 2]
+
+
+class Tuner:
+    """Tunes a list of kernels on one target into one work dir (resumable)."""
+
+    def __init__(self, preset: Preset, options: TuneOptions, progress: ProgressFn | None = None) -> None:
+        self.measurement = MEASUREMENTS.get(preset.measure)
+        self.measurement.check(preset, options.measure)
+        self.preset = preset
+        self.target = resolve_target(preset.name)
+        self.gpu = preset.family == "gpu"
+        self.options = options
+        self.progress = progress or (lambda line: None)
+        self.work_dir = options.work_dir
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        manifest = read_manifest(self.work_dir)
+        if manifest is not None and manifest["target"] != str(self.target):
+            raise MestError(f"{self.work_dir} holds records for {manifest['target']}, not {self.target}: "
+                            "use another --work-dir")
+        self.manifest = manifest or empty_manifest(str(self.target))
+        self.database = open_database(self.work_dir, create=True)
+        self.inputs_dir = self.work_dir / "inputs"
+
+    # ---- what is searched ---------------------------------------------------------------------
+    def _spaces(self, v: _Variant) -> list[Space]:
+        if self.gpu:
+            return gpu_spaces("conv", int(self.target.attrs.get("max_num_threads", DEFAULT_THREADS)))
+        return spaces(v.module["main"], v.kernel.which)
+
+    def _default(self, v: _Variant) -> s_tir.Schedule:
+        """The hand-written schedule of `v`, traced (what training and export use untuned)."""
+        sch = s_tir.Schedule(v.module)
+        if self.gpu:
+            bind_block(sch, "conv", DEFAULT_THREADS)
+        else:
+            spaces(v.module["main"], v.kernel.which)[0](sch)
+        return sch
+
+    def _variants(self, family: KernelFamily, kernel: TuneKernel) -> list[_Variant]:
+        default = family.default_tiles(kernel.geometry, self.target)
+        choices = [default] if self.gpu else variants(family, kernel, default, self.options.variants)
+        out = []
+        for tiles in choices:
+            data = inputs(family, kernel, tiles, seed=self.options.seed)
+            shapes = shapes_of(data.args)
+            # The inputs proper: the last argument is the output, whose contents do not matter.
+            digest = hashlib.sha1(b"".join(a.contiguous().numpy().tobytes() for a in data.args[:-1])).hexdigest()
+            path = data.save(self.inputs_dir / f"{kernel.name}-{digest[:12]}.npz")
+            module = workload(family, kernel, tiles, shapes, data.flops, self.gpu)
+            out.append(_Variant(kernel, tiles, module, shapes, str(path),
+                                measure.signature([(d, s) for s, d in shapes]), digest, data.flops))
+        return out
+
+    def _kernels(self, kernels: list[TuneKernel]) -> tuple[dict[str, list[_Variant]], dict[str, KernelFamily]]:
+        by_kernel: dict[str, list[_Variant]] = {}
+        families: dict[str, KernelFamily] = {}
+        for kernel in kernels:
+            family = families.setdefault(kernel.scheme, family_for(kernel.scheme))
+            reason = family.supports(kernel.geometry)
+            if reason is None and self.gpu and kernel.which != "forward":
+                reason = "GPU targets compile the forward kernel only (training runs on the host)"
+            if reason is not None:
+                self.progress(f"  skipping {kernel.name}: {reason}")
+                continue
+            by_kernel[kernel.name] = self._variants(family, kernel)
+        if not by_kernel:
+            raise MestError("nothing to tune: none of the kernels can be compiled for this target")
+        return by_kernel, families
+
+    @staticmethod
+    def _rounds(all_variants: list[_Variant]) -> list[list[_Variant]]:
+        """Split variants so that within a round one signature always means the same inputs."""
+        rounds: list[tuple[dict[str, str], list[_Variant]]] = []
+        for v in all_variants:
+            for seen, members in rounds:
+                if seen.get(v.signature, v.digest) == v.digest:
+                    seen[v.signature] = v.digest
+                    members.append(v)
+                    break
+            else:
+                rounds.append(({v.signature: v.digest}, [v]))
+        return [members for _, members in rounds]
+
+    # ---- measuring ----------------------------------------------------------------------------
+    def _measure_default(self, v: _Variant, builder: Any, runner: Any) -> float | None:
+        """Time the hand-written schedule and commit it as a record."""
+        sch = self._default(v)
+        (built,) = builder.build([ms.builder.BuilderInput(sch.mod, self.target)])
+        if built.error_msg:
+            self.progress(f"  {v.kernel.name}: the hand-written kernel did not build: {built.error_msg.splitlines()[-1]}")
+            return None
+        info = ms.arg_info.ArgInfo.from_prim_func(v.module["main"])
+        device = self.target.kind.name if self.target.kind.name != "llvm" else "cpu"
+        (future,) = runner.run([ms.runner.RunnerInput(built.artifact_path, device, info)])
+        result = future.result()
+        if result.error_msg or not result.run_secs:
+            last = (result.error_msg or "no timing").strip().splitlines()[-1]
+            self.progress(f"  {v.kernel.name}: the hand-written kernel failed its measurement: {last}")
+            return None
+        self.database.commit_tuning_record(ms.database.TuningRecord(
+            sch.trace, self.database.commit_workload(v.module), result.run_secs, self.target, info))
+        return _median(result.run_secs)
+
+    def _best(self, v: _Variant) -> tuple[float | None, int]:
+        """Median time of `v`'s best record and how many records it has."""
+        if not self.database.has_workload(v.module):
+            return None, 0
+        wl = self.database.commit_workload(v.module)
+        top = self.database.get_top_k(wl, 1)
+        count = len(self.database.get_top_k(wl, 10_000))
+        return (_median(top[0].run_secs) if top else None), count
+
+    # ---- the run ------------------------------------------------------------------------------
+    def tune(self, kernels: list[TuneKernel]) -> list[KernelResult]:
+        """Search every kernel; returns the summary rows (also written to the manifest)."""
+        try:
+            by_kernel, families = self._kernels(kernels)
+            done = sum(self._best(v)[1] for vs in by_kernel.values() for v in vs)
+            budget = max(0, self.options.trials - done)
+            self.progress(f"{len(by_kernel)} kernels, {sum(map(len, by_kernel.values()))} variants; "
+                          f"{done} trials in {self.work_dir} already, {budget} to run")
+            rounds = self._rounds([v for vs in by_kernel.values() for v in vs])
+            builder = self.measurement.builder(self.preset, self.options.measure)
+            progress = _Progress(self.progress, budget)
+            for index, members in enumerate(rounds):
+                share = budget * len(members) // max(1, sum(map(len, rounds[index:])))
+                budget -= share
+                self._round(members, builder, share, progress)
+            return self._summarise(by_kernel, families)
+        finally:
+            shutil.rmtree(self.inputs_dir, ignore_errors=True)  # regenerated (seeded) on a re-run
+
+    def _round(self, members: list[_Variant], builder: Any, trials: int, progress: _Progress) -> None:
+        runner = self.measurement.runner(self.preset, self.options.measure, {v.signature: v.inputs_path for v in members})
+        for v in members:
+            entry = self._entry(v.kernel)
+            default = family_for(v.kernel.scheme).default_tiles(v.kernel.geometry, self.target)
+            if entry.get("untuned_s") is None and v.tiles == default:
+                entry["untuned_s"] = self._measure_default(v, builder, runner)
+                if entry["untuned_s"] is not None:
+                    progress.untuned[v.kernel.name] = entry["untuned_s"]
+        write_manifest(self.work_dir, self.manifest)
+        if trials <= 0:
+            return
+        with _without_tensor_intrinsics():
+            contexts = [
+                ms.TuneContext(
+                    mod=v.module, target=self.target, task_name=f"{v.kernel.name}#{i}", num_threads=1,
+                    rand_state=self.options.seed + i,
+                    space_generator=ms.space_generator.ScheduleFn(as_generator(self._spaces(v)), sch_rules=[],
+                                                                  postprocs=[], mutator_probs={}),
+                    search_strategy=ms.search_strategy.EvolutionarySearch(population_size=8, init_min_unmeasured=1),
+                )
+                for i, v in enumerate(members)
+            ]
+        ms.tune_tasks(
+            tasks=contexts, task_weights=[1.0] * len(contexts), work_dir=str(self.work_dir),
+            max_trials_global=trials, max_trials_per_task=16, num_trials_per_iter=4,
+            builder=builder, runner=runner, database=self.database, cost_model="xgb",
+            measure_callbacks=[measure.AddCheckedToDatabase(), ms.measure_callback.RemoveBuildArtifact(),
+                               ms.measure_callback.UpdateCostModel(),
+                               measure.Progress(lambda task, times, errors: progress.report(
+                                   members[task].kernel.name, times, errors))],
+        )
+
+    def _entry(self, kernel: TuneKernel) -> dict[str, Any]:
+        entry = self.manifest["kernels"].setdefault(kernel.name, {})
+        entry.update({
+            "name": kernel.name, "scheme": kernel.scheme, "which": kernel.which, "geometry": geometry_dict(kernel.geometry),
+            "batch": kernel.batch, "sparsity": kernel.sparsity, "layers": list(kernel.layers),
+        })
+        entry.setdefault("untuned_s", None)
+        return entry
+
+    def _summarise(self, by_kernel: dict[str, list[_Variant]], families: dict[str, KernelFamily]) -> list[KernelResult]:
+        rows = []
+        for vs in by_kernel.values():
+            kernel = vs[0].kernel
+            family = families[kernel.scheme]
+            entry = self._entry(kernel)
+            timed = [self._best(v) for v in vs]
+            entry["variants"] = [{"tiles": {} if self.gpu else kernel_fields(family, kernel, v.tiles), "flops": v.flops,
+                                  "shapes": [[list(s), d] for s, d in v.shapes]} for v in vs]
+            ranked = sorted((t, i) for i, (t, _) in enumerate(timed) if t is not None)
+            entry["best"] = ranked[0][1] if ranked else None
+            entry["tuned_s"] = ranked[0][0] if ranked else None
+            entry["trials"] = sum(count for _, count in timed)
+            best_tiles = entry["variants"][entry["best"]]["tiles"] if ranked else {}
+            rows.append(KernelResult(kernel, entry.get("untuned_s"), entry["tuned_s"], entry["trials"], best_tiles))
+        write_manifest(self.work_dir, self.manifest)
+        return rows
+
+
+class _Progress:
+    """One line per measured batch: trials so far and each kernel's best time against its untuned one."""
+
+    def __init__(self, emit: ProgressFn, total: int) -> None:
+        self.emit, self.total, self.count = emit, total, 0
+        self.best: dict[str, float] = {}
+        self.untuned: dict[str, float] = {}
+
+    def report(self, kernel: str, times: list[float | None], errors: list[str]) -> None:
+        self.count += len(times)
+        for t in times:
+            if t is not None and t < self.best.get(kernel, float("inf")):
+                self.best[kernel] = t
+        for error in errors:
+            self.emit(f"  {kernel}: candidate rejected: {error.strip().splitlines()[-1][:160]}")
+        best = self.best.get(kernel)
+        base = self.untuned.get(kernel)
+        against = f" (untuned {1e6 * base:.1f} us)" if base else ""
+        shown = f"best {1e6 * best:.1f} us{against}" if best is not None else "no valid candidate yet"
+        self.emit(f"[{min(self.count, self.total)}/{self.total}] {kernel}: {shown}")
+
+
+def tune_kernels(preset: Preset, kernels: list[TuneKernel], options: TuneOptions,
+                 progress: ProgressFn | None = None) -> list[KernelResult]:
+    """Tune `kernels` for `preset` into `options.work_dir` (see `Tuner`)."""
+    start = time.perf_counter()
+    rows = Tuner(preset, options, progress).tune(kernels)
+    if progress is not None:
+        progress(f"tuned in {time.perf_counter() - start:.0f} s")
+    return rows
+
