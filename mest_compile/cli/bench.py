@@ -7,6 +7,7 @@ import json
 import click
 
 from mest_compile.cli import cli
+from mest_compile.errors import MestError
 
 
 @cli.command()
@@ -18,13 +19,32 @@ from mest_compile.cli import cli
 @click.option("--step/--no-step", default=True, show_default=True, help="also time a whole training step")
 @click.option("--target", default="host", show_default=True, help="target preset (kernels run on this machine)")
 @click.option("--work-dir", type=click.Path(file_okay=False), help="use the kernels tuned by `mest-compile tune` here")
+@click.option("--against", type=click.Choice(["dense", "untuned"]), default="dense", show_default=True,
+              help="untuned: the --work-dir kernels against the hand-written ones (every tuned layer)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def bench(scheme: str, sparsity: float, model: str, batch: int, reps: int, step: bool, target: str,
-          work_dir: str | None, as_json: bool) -> None:
-    """Time every distinct sparse layer (forward, input and weight gradient) and a training step."""
+          work_dir: str | None, against: str, as_json: bool) -> None:
+    """Time every distinct sparse layer (forward, input and weight gradient) and a training step.
+
+    \b
+    Examples:
+      mest-compile bench --scheme block --sparsity 0.9
+      mest-compile bench --work-dir tuned/host-block --against untuned
+    """
     from mest_compile.compiler.bench.run import format_bench, run_bench
     from mest_compile.compiler.tune.records import use_records
 
+    if against == "untuned":
+        from mest_compile.compiler.bench.tuned import (
+            format_tuned_bench,
+            run_tuned_bench,
+        )
+
+        if work_dir is None:
+            raise MestError("--against untuned compares the kernels tuned in --work-dir: give --work-dir")
+        tuned = run_tuned_bench(work_dir, reps=reps)
+        click.echo(json.dumps(tuned) if as_json else format_tuned_bench(tuned))
+        return
     if work_dir is not None:
         use_records(work_dir)
 

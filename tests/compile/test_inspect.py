@@ -67,7 +67,7 @@ def test_a_kernel_without_gpu_schedule_says_so(subject, monkeypatch: pytest.Monk
     monkeypatch.setattr(type(family), "gpu_template", KernelFamily.gpu_template)
     ins = inspect_subject(subject, "cuda")
     (kernel,) = ins.kernels
-    assert "has no GPU kernel yet" in (kernel.note or "") and "stays a dense conv2d" in (kernel.note or "")
+    assert "has no GPU forward kernel yet" in (kernel.note or "") and "stays a dense conv2d" in (kernel.note or "")
     assert kernel.source.text is None and "T.prim_func" in kernel.tir  # the CPU kernel's TIR
     assert "R.nn.conv2d" in ins.after and "kept dense" in ins.rewrite_report
     assert len(ins.stats) == 1

@@ -129,7 +129,7 @@ def test_foreign_or_missing_records_are_refused(tmp_path: Path) -> None:
     [
         (["--target", "cuda"], "CUDA GPU and there is none"),
         (["--target", "arm"], "--rpc HOST:PORT"),
-        (["--target", "nope"], "unknown target preset"),
+        (["--target", "nope"], "unknown target 'nope'"),
         (["--rpc", "127.0.0.1:1", "--rpc-key", "pi", "--rpc-timeout", "2"], "cannot reach the RPC tracker"),
         (["--rpc", "nohost", "--rpc-key", "pi"], "HOST:PORT"),
         (["--kernels", "backward"], "--kernels takes"),
@@ -143,3 +143,14 @@ def test_bad_input_is_one_line(tmp_path: Path, args: list[str], message: str) ->
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
     assert time.perf_counter() - start < 30
+
+
+def test_tuned_against_untuned_benchmark(tuned: Path) -> None:
+    from mest_compile.compiler.bench.tuned import format_tuned_bench, run_tuned_bench
+
+    result = run_tuned_bench(str(tuned), reps=3)
+    (row,) = result["layers"]
+    assert row["tuned"] == ["forward", "dgrad", "wgrad"] and set(row["phases"]) == {"fwd", "dgrad", "wgrad"}
+    assert all(p["untuned_ms"] > 0 and p["tuned_ms"] > 0 for p in row["phases"].values())
+    assert "tuned vs untuned" in format_tuned_bench(result)
+    assert build.kernels_for(family_for(SCHEME), GEO, "host").tuned == ()  # records switched off again

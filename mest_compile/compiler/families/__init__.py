@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
 
@@ -80,7 +80,7 @@ class KernelFamily(ABC):
         return int(mask.sum())
 
     #: The compiled symbol of each kernel: {"forward": ..., "dgrad": ..., "wgrad": ...}.
-    entries: dict[str, str] = {}
+    entries: ClassVar[dict[str, str]] = {}
 
     def build(self, geometry: ConvGeometry, target: Any) -> KernelSet:
         """Compile the three kernels for `geometry` (no gate, no cache: `build.py` does both).
@@ -171,9 +171,18 @@ class KernelFamily(ABC):
             return replay(self.gpu_template(geometry), traces["forward"])["main"].with_attr("tirx.is_scheduled", True)
         return replay(self.template(geometry, "forward", tiles), traces["forward"])["main"]
 
-    def gpu_template(self, geometry: ConvGeometry) -> tirx.PrimFunc:
-        """The unscheduled GPU forward kernel (same arguments as the host one; one complete block `conv`)."""
-        raise MestError(f"scheme {self.scheme_name!r} has no GPU kernel yet")
+    def gpu_template(self, geometry: ConvGeometry, which: str = "forward") -> tirx.PrimFunc:
+        """The unscheduled GPU kernel `which` (one complete block `conv`); the forward takes the host one's arguments."""
+        raise MestError(f"scheme {self.scheme_name!r} has no GPU {which} kernel yet")
+
+    def gpu_kernel_args(self, which: str, x: torch.Tensor, values: torch.Tensor, dy: torch.Tensor | None,
+                        fmt: PackedFormat) -> list[torch.Tensor]:
+        """Arguments of GPU kernel `which` for packed `values` (the allocated output last)."""
+        if which != "forward":
+            raise MestError(f"scheme {self.scheme_name!r} has no GPU {which} kernel yet")
+        geo = fmt.geometry
+        buffers = [getattr(fmt, name) for name in self.forward_buffer_names[1:]]
+        return [x, values, *buffers, x.new_empty(x.shape[0], geo.out_channels, geo.out_h, geo.out_w)]
 
     def gpu_forward_func(self, geometry: ConvGeometry) -> tirx.PrimFunc:
         """The forward kernel scheduled for GPUs (loops bound to blockIdx / threadIdx).

@@ -1,14 +1,14 @@
 """The block scheme's kernel family: 4x1 blocks (4 consecutive filters at one input position).
 
 Format in `formats/block.py`, kernels in `kernels/block_*.py`, host schedules in
-`schedules/block_host.py`, torch ops in `families/block_ops.py`; this module compiles them for a
+`schedules/block_host.py`, the torch ops shared by every family in `families/ops.py`; this module compiles them for a
 geometry and registers the family.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import torch
 import tvm
@@ -53,7 +53,7 @@ class BlockFamily(KernelFamily):
     def units(self, mask: torch.Tensor) -> int:
         return int(kept_blocks(mask.detach().cpu()).sum())
 
-    entries = {"forward": "block_fwd", "dgrad": "block_dgrad", "wgrad": "block_wgrad"}
+    entries: ClassVar[dict[str, str]] = {"forward": "block_fwd", "dgrad": "block_dgrad", "wgrad": "block_wgrad"}
 
     def default_tiles(self, geometry: ConvGeometry, target: tvm.target.Target) -> BlockTiles:
         return BlockTiles.default(geometry, int(target.attrs.get("num-cores", 1)))
@@ -117,10 +117,25 @@ class BlockFamily(KernelFamily):
         rows = BlockTiles.default(geometry, 1).fwd_rows  # forward tiles do not depend on threads
         return schedule_host(block_forward(geometry, rows), "forward")["main"]
 
-    def gpu_template(self, geometry: ConvGeometry) -> tvm.tirx.PrimFunc:
+    def gpu_template(self, geometry: ConvGeometry, which: str = "forward") -> tvm.tirx.PrimFunc:
         from mest_compile.compiler.kernels.block_fwd_gpu import block_forward_gpu
+        from mest_compile.compiler.kernels.block_grad_gpu import (
+            block_dgrad_gpu,
+            block_wgrad_gpu,
+        )
 
-        return block_forward_gpu(geometry)
+        return {"forward": block_forward_gpu, "dgrad": block_dgrad_gpu, "wgrad": block_wgrad_gpu}[which](geometry)
+
+    def gpu_kernel_args(self, which: str, x: torch.Tensor, values: torch.Tensor, dy: torch.Tensor | None,
+                        fmt: Any) -> list[torch.Tensor]:
+        from mest_compile.compiler.formats.block_gpu import gpu_gradient_buffers
+
+        if which == "forward" or dy is None:
+            return super().gpu_kernel_args(which, x, values, dy, fmt)
+        extra = gpu_gradient_buffers(fmt)
+        if which == "dgrad":
+            return [dy, values, extra["t_ptr"], extra["t_blk"], extra["code"], torch.empty_like(x)]
+        return [x, dy, extra["code"], torch.empty_like(values)]
 
     def forward_format(self, geometry: ConvGeometry, mask: torch.Tensor) -> BlockFormat:
         return BlockFormat.pack(mask, geometry)

@@ -4,14 +4,14 @@ A pruned filter is a dropped output channel, so the compiled kernels are a dense
 kept filters only (forward writes zeros into pruned channels; the input gradient reduces over
 kept channels only; the weight gradient is computed for kept filters only). Format in
 `formats/channel.py`, kernels in `kernels/channel_*.py`, host schedules in
-`schedules/channel_host.py`, torch ops in `families/channel_ops.py`; this module compiles them
+`schedules/channel_host.py`, the torch ops shared by every family in `families/ops.py`; this module compiles them
 for a geometry and registers the family.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import torch
 import tvm
@@ -57,7 +57,7 @@ class ChannelFamily(KernelFamily):
     def units(self, mask: torch.Tensor) -> int:
         return int(kept_filters(mask.detach().cpu()).sum())
 
-    entries = {"forward": "channel_fwd", "dgrad": "channel_dgrad", "wgrad": "channel_wgrad"}
+    entries: ClassVar[dict[str, str]] = {"forward": "channel_fwd", "dgrad": "channel_dgrad", "wgrad": "channel_wgrad"}
 
     def default_tiles(self, geometry: ConvGeometry, target: tvm.target.Target) -> ChannelTiles:
         return ChannelTiles.default(geometry, int(target.attrs.get("num-cores", 1)), clzero=has_clzero(target))
@@ -118,7 +118,9 @@ class ChannelFamily(KernelFamily):
         tiles = ChannelTiles.default(geometry, 1)
         return schedule_host(channel_forward(geometry, tiles.fwd_filters, tiles.fwd_rows), "forward")["main"]
 
-    def gpu_template(self, geometry: ConvGeometry) -> tvm.tirx.PrimFunc:
+    def gpu_template(self, geometry: ConvGeometry, which: str = "forward") -> tvm.tirx.PrimFunc:
+        if which != "forward":
+            return super().gpu_template(geometry, which)
         from mest_compile.compiler.kernels.channel_fwd_gpu import channel_forward_gpu
 
         return channel_forward_gpu(geometry)

@@ -59,7 +59,7 @@ class CompiledKernels:
         return self.modules[which].script()
 
 
-def replay(func: tvm.tirx.PrimFunc, trace: s_tir.Trace) -> tvm.IRModule:
+def replay(func: tvm.tirx.PrimFunc, trace: s_tir.Trace | list[Any]) -> tvm.IRModule:
     """Apply a tuned trace (recorded on a static-shape workload, module key `main`) to `func`.
 
     The trace names blocks and loops, not shapes, so it replays onto the template with symbolic
@@ -67,7 +67,10 @@ def replay(func: tvm.tirx.PrimFunc, trace: s_tir.Trace) -> tvm.IRModule:
     """
     mod = tvm.IRModule({"main": func})
     sch = s_tir.Schedule(mod)
-    trace.apply_to_schedule(sch, remove_postproc=True)
+    if isinstance(trace, list):  # the JSON form a manifest pins
+        s_tir.Trace.apply_json_to_schedule(trace, sch)
+    else:
+        trace.apply_to_schedule(sch, remove_postproc=True)
     return sch.mod
 
 

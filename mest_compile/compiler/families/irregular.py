@@ -3,14 +3,14 @@
 Serves `irregular` and `filter_balance` used alone (any bool mask is legal for these kernels;
 `filter_balance` keeps whole kernels, which this family treats as nine independent weights).
 Format in `formats/irregular.py`, kernels in `kernels/irregular_*.py`, host schedules in
-`schedules/irregular_host.py`, torch ops in `families/irregular_ops.py`; this module compiles
+`schedules/irregular_host.py`, the torch ops shared by every family in `families/ops.py`; this module compiles
 them for a geometry and registers the family.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import torch
 import tvm
@@ -50,7 +50,7 @@ class IrregularFamily(KernelFamily):
             return f"kernel width {geometry.kernel_w} at stride {geometry.stride} (input gradient reads at most 3 shifts)"
         return None
 
-    entries = {"forward": "irregular_fwd", "dgrad": "irregular_dgrad", "wgrad": "irregular_wgrad"}
+    entries: ClassVar[dict[str, str]] = {"forward": "irregular_fwd", "dgrad": "irregular_dgrad", "wgrad": "irregular_wgrad"}
 
     def default_tiles(self, geometry: ConvGeometry, target: tvm.target.Target) -> IrregularTiles:
         return IrregularTiles.default(geometry, int(target.attrs.get("num-cores", 1)))
@@ -117,8 +117,12 @@ class IrregularFamily(KernelFamily):
         rows = IrregularTiles.default(geometry, 1).fwd_rows  # forward tiles do not depend on threads
         return schedule_host(irregular_forward(geometry, rows), "forward")["main"]
 
-    def gpu_template(self, geometry: ConvGeometry) -> tvm.tirx.PrimFunc:
-        from mest_compile.compiler.kernels.irregular_fwd_gpu import irregular_forward_gpu
+    def gpu_template(self, geometry: ConvGeometry, which: str = "forward") -> tvm.tirx.PrimFunc:
+        if which != "forward":
+            return super().gpu_template(geometry, which)
+        from mest_compile.compiler.kernels.irregular_fwd_gpu import (
+            irregular_forward_gpu,
+        )
 
         return irregular_forward_gpu(geometry)
 

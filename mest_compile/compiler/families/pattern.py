@@ -4,13 +4,13 @@ Every kept 3x3 kernel holds one of MEST's 8 four-entry patterns; kernels are gro
 and each pattern runs its own specialised loop (PatDNN / MEST's compiler). Filter balance only
 changes how many kernels each filter keeps, which the same kernels handle (the capacity is in
 kernels either way). Format in `formats/pattern.py`, kernels in `kernels/pattern_*.py`, host
-schedules in `schedules/pattern_host.py`, torch ops in `families/pattern_ops.py`.
+schedules in `schedules/pattern_host.py`, the torch ops shared by every family in `families/ops.py`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import torch
 import tvm
@@ -69,7 +69,7 @@ class PatternFamily(KernelFamily):
     def units(self, mask: torch.Tensor) -> int:
         return int((pattern_ids(mask) > 0).sum())
 
-    entries = {"forward": "pattern_fwd", "dgrad": "pattern_dgrad", "wgrad": "pattern_wgrad"}
+    entries: ClassVar[dict[str, str]] = {"forward": "pattern_fwd", "dgrad": "pattern_dgrad", "wgrad": "pattern_wgrad"}
 
     def default_tiles(self, geometry: ConvGeometry, target: tvm.target.Target) -> PatternTiles:
         return PatternTiles.default(geometry, int(target.attrs.get("num-cores", 1)))
@@ -133,7 +133,9 @@ class PatternFamily(KernelFamily):
         layout = input_layout(geometry, tiles.aligned_input)
         return schedule_host(pattern_forward(geometry, tiles.fwd_rows, layout), "forward")["main"]
 
-    def gpu_template(self, geometry: ConvGeometry) -> tvm.tirx.PrimFunc:
+    def gpu_template(self, geometry: ConvGeometry, which: str = "forward") -> tvm.tirx.PrimFunc:
+        if which != "forward":
+            return super().gpu_template(geometry, which)
         from mest_compile.compiler.kernels.pattern_fwd_gpu import pattern_forward_gpu
 
         layout = input_layout(geometry, PatternTiles.default(geometry, 1).aligned_input)  # as forward_format

@@ -40,12 +40,13 @@ class MeasureOptions:
 
     builder_timeout_s: int = 300  # a cold LocalBuilder worker alone takes ~20 s here (TVM_NOTES §0 E3)
     runner_timeout_s: int = 120
-    number: int = 3
-    repeat: int = 3
+    number: int = 3  # calls per repeat, at least (min_repeat_ms raises it for short kernels)
+    repeat: int = 5
+    min_repeat_ms: int = 20
     rpc: RpcTarget | None = None
 
     def evaluator(self) -> Any:
-        return ms.runner.EvaluatorConfig(number=self.number, repeat=self.repeat, min_repeat_ms=0)
+        return ms.runner.EvaluatorConfig(number=self.number, repeat=self.repeat, min_repeat_ms=self.min_repeat_ms)
 
 
 def build(mod: tvm.IRModule, target: tvm.target.Target, _params: Any = None) -> Any:
@@ -126,11 +127,11 @@ class OpenCLMeasurement(Measurement):
     """Mobile GPUs through our OpenCL launcher on this machine's OpenCL device."""
 
     def check(self, preset: Preset, options: MeasureOptions) -> None:
-        from mest_compile.compiler.devices.opencl import devices
+        from mest_compile.compiler.devices.opencl import OpenCLError, devices
 
         try:
             found = devices()
-        except Exception as err:  # no ICD loader, or no platform
+        except OpenCLError as err:  # no ICD loader
             raise MestError(f"tuning for {preset.name!r} needs an OpenCL device here: {err}") from None
         if not found:
             raise MestError(f"tuning for {preset.name!r} needs an OpenCL device here, none was found "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import statistics
 import tempfile
 from typing import Any
 
@@ -49,7 +50,7 @@ def _measure(paths: dict[str, str], preset: Preset, artifact: str, args_info: li
     path, arrays = load_inputs(paths, args_info)
     function = compile_opencl(mod, preset)
     check_output(function(*arrays)[-1], np.load(path)["expected"])
-    return [function.time(*arrays, number=number) for _ in range(repeat)]
+    return [statistics.median(function.time(*arrays, number=number) for _ in range(repeat))]
 
 
 @derived_object
@@ -70,6 +71,6 @@ class OpenCLRunner(ms.runner.PyRunner):
             future = self.pool.submit(self.measure, str(runner_input.artifact_path), info, self.number, self.repeat)
             try:
                 results.append(LocalRunnerFuture(res=future.result(), error_message=None))
-            except Exception as err:  # a wrong result, a driver error or a timeout: the candidate fails
+            except Exception as err:  # noqa: BLE001 - wrong result, driver error, timeout: the candidate fails
                 results.append(LocalRunnerFuture(res=None, error_message=f"OpenCLRunner: {err}"))
         return results

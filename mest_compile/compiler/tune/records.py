@@ -38,6 +38,19 @@ def geometry_dict(geo: ConvGeometry) -> dict[str, int]:
     return dataclasses.asdict(geo)
 
 
+def trace_json(trace: Any) -> Any:
+    """A schedule trace as plain JSON (`Trace.as_json` keeps TVM integers in its decisions)."""
+
+    def plain(node: Any) -> Any:
+        if node is None or isinstance(node, bool | int | float | str):
+            return node
+        if hasattr(node, "value"):  # IntImm / FloatImm
+            return node.value
+        return [plain(item) for item in node]
+
+    return plain(trace.as_json(remove_postproc=False))
+
+
 def empty_manifest(target: str) -> dict[str, Any]:
     """A manifest with no kernels yet."""
     return {"format": FORMAT, "version": VERSION, "target": target, "kernels": {}}
@@ -155,12 +168,13 @@ class TuningRecords:
             shapes = [(tuple(s), d) for s, d in best["shapes"]]
             mod = workload(family, kernel, chosen, shapes, int(best["flops"]), is_gpu_target(tgt))
             record = self._best_record(mod)
-            if record is None:
+            if record is None or (entry.get("trace") is not None and not self.database.has_workload(mod)):
                 self._warn_once(f"stale:{entry['name']}", f"the tuning record of {entry['name']} in {self.work_dir} does "
                                 "not match this version's kernels: using the hand-written schedule (re-run tune)")
                 continue
             tiles = chosen
-            traces[which] = record.trace
+            # The schedule the tuner's paired re-measurement chose, else the database's best record.
+            traces[which] = entry["trace"] if entry.get("trace") is not None else record.trace
         return tiles, traces
 
     def _best_record(self, mod: Any) -> Any:

@@ -1,0 +1,87 @@
+"""Tuned vs untuned kernels: every kernel set of a work dir against the hand-written one, interleaved.
+
+For each tuned (scheme, layer geometry) the hand-written kernels and the ones replayed from the
+records are built side by side, both pass the correctness gate, and each phase (forward, input
+gradient, weight gradient, with what training pays around the kernel) is timed alternately on
+the same data; speedup = untuned median / tuned median.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from mest_compile.compiler.bench.timing import interleaved
+from mest_compile.compiler.build import kernels_for
+from mest_compile.compiler.families import family_for
+from mest_compile.compiler.formats.geometry import ConvGeometry
+from mest_compile.compiler.target import resolve_target, threads
+from mest_compile.compiler.tune.records import TuningRecords, use_records
+from mest_compile.compiler.tune.workload import TuneKernel, layer_data
+from mest_compile.errors import MestError
+
+PHASES = {"forward": "fwd", "dgrad": "dgrad", "wgrad": "wgrad"}
+
+
+def run_tuned_bench(work_dir: str, reps: int = 30, seed: int = 0) -> dict[str, Any]:
+    """Benchmark the records of `work_dir` (tuned on this machine) against the hand-written kernels."""
+    records = TuningRecords(work_dir)
+    target = resolve_target("host")
+    if str(target) != records.target:
+        raise MestError(f"{work_dir} was tuned for {records.target}; tuned-vs-untuned runs on this machine "
+                        f"({target})")
+    torch.set_num_threads(threads())
+    layers: dict[tuple[str, ConvGeometry], list[dict[str, Any]]] = {}
+    for entry in records.manifest["kernels"].values():
+        if entry.get("best") is not None:
+            key = (entry["scheme"], ConvGeometry(**entry["geometry"]))
+            layers.setdefault(key, []).append(entry)
+    try:
+        rows = [_layer(records, scheme, geo, entries, reps, seed) for (scheme, geo), entries in layers.items()]
+    finally:
+        use_records(None)
+    if not rows:
+        raise MestError(f"{work_dir} holds no tuned kernel")
+    untuned = sum(r["count"] * sum(p["untuned_ms"] for p in r["phases"].values()) for r in rows)
+    tuned = sum(r["count"] * sum(p["tuned_ms"] for p in r["phases"].values()) for r in rows)
+    return {"work_dir": str(work_dir), "target": records.target, "threads": threads(), "layers": rows,
+            "total": {"untuned_ms": round(untuned, 3), "tuned_ms": round(tuned, 3),
+                      "speedup": round(untuned / tuned, 2)}}
+
+
+def _layer(records: TuningRecords, scheme: str, geo: ConvGeometry, entries: list[dict[str, Any]], reps: int,
+           seed: int) -> dict[str, Any]:
+    family = family_for(scheme)
+    # Both sets are built (and gated) by the build cache, which holds one set per geometry: the
+    # hand-written one first, then the tuned one; the benchmark keeps both.
+    use_records(None)
+    untuned = kernels_for(family, geo, "host")
+    use_records(records.work_dir)
+    tuned = kernels_for(family, geo, "host")
+    first = entries[0]
+    x, w, mask, dy = layer_data(TuneKernel(scheme, geo, "forward", int(first["batch"]), float(first["sparsity"])), seed)
+    calls = {name: family.phase_calls(x, w, dy, kernels.pack(mask), kernels) for name, kernels in
+             (("untuned", untuned), ("tuned", tuned))}
+    pairs = {PHASES[which]: (calls["untuned"][PHASES[which]], calls["tuned"][PHASES[which]]) for which in PHASES}
+    timing = interleaved(pairs, reps)
+    phases = {key: {"untuned_ms": t["dense_ms"], "tuned_ms": t["sparse_ms"], "speedup": t["speedup"]}
+              for key, t in timing.items()}
+    untuned_ms = sum(p["untuned_ms"] for p in phases.values())
+    tuned_ms = sum(p["tuned_ms"] for p in phases.values())
+    return {"scheme": scheme, "layer": first["layers"][0] if first["layers"] else str(geo), "count": len(first["layers"]) or 1,
+            "geometry": first["geometry"], "tuned": list(tuned.tuned), "tiles": str(tuned.tiles), "phases": phases,
+            "speedup_total": round(untuned_ms / tuned_ms, 2)}
+
+
+def format_tuned_bench(result: dict[str, Any]) -> str:
+    """A table: per layer and phase, untuned and tuned milliseconds and their ratio."""
+    lines = [f"tuned vs untuned kernels ({result['work_dir']}, {result['threads']} threads)",
+             f"{'layer':24} {'x':>3} {'fwd':>21} {'dgrad':>21} {'wgrad':>21} {'total':>6}"]
+    for r in result["layers"]:
+        cells = [f"{p['untuned_ms']:7.3f}/{p['tuned_ms']:7.3f} {p['speedup']:4.2f}x" for p in r["phases"].values()]
+        lines.append(f"{r['layer'][:24]:24} {r['count']:>3} {' '.join(f'{c:>21}' for c in cells)} {r['speedup_total']:5.2f}x")
+    t = result["total"]
+    lines.append(f"all layers (weighted by count): {t['untuned_ms']:.2f} ms untuned, {t['tuned_ms']:.2f} ms tuned, "
+                 f"{t['speedup']:.2f}x")
+    return "\n".join(lines)
