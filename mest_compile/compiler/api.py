@@ -184,4 +184,5 @@ def _measure(module: SparseConv2d, backend: CompiledConvBackend, x: torch.Tensor
             run()
             times[key].append(time.perf_counter() - start)
     dense_s, compiled_s = statistics.median(times["dense"][1:]), statistics.median(times["compiled"][1:])
-    return {"dense_ms": 1e3 * dense_s, "compiled_ms": 1e3 * compiled_s, "speedup": dense_s / compiled_s}
+    return {"dense_ms": 1e3 * dense_s, "compiled_ms": 1e3 * compiled_s, "speedup": dense_s / compiled_s,
+            "tuned": list(getattr(kernels, "tuned", ()))}  # kernels scheduled from tuning records

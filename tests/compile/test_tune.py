@@ -154,3 +154,25 @@ def test_tuned_against_untuned_benchmark(tuned: Path) -> None:
     assert all(p["untuned_ms"] > 0 and p["tuned_ms"] > 0 for p in row["phases"].values())
     assert "tuned vs untuned" in format_tuned_bench(result)
     assert build.kernels_for(family_for(SCHEME), GEO, "host").tuned == ()  # records switched off again
+
+
+def test_compiled_training_uses_the_records(tmp_path: Path) -> None:
+    """`train --compiled --work-dir`: the model's layers run the kernels tuned for them."""
+    from mest_compile.train.config import TrainConfig
+    from mest_compile.train.loop import Trainer
+
+    work_dir = tmp_path / "tuned"
+    from mest_compile.cli import tune  # noqa: F401
+
+    result = CliRunner().invoke(cli, ["tune", "--target", "host", "--model", "small_cnn", "--scheme", "block",
+                                      "--input", "32,1,8,8", "--kernels", "forward", "--trials", "4", "--variants", "2",
+                                      "--work-dir", str(work_dir)])
+    assert result.exit_code == 0, result.output
+    config = TrainConfig(dataset="digits", model="small_cnn", scheme="free_block_prune_column_4", sparsity=0.9,
+                         epochs=1, batch_size=32, compiled=True, fallback="never", work_dir=str(work_dir))
+    try:
+        summary = Trainer(config, tmp_path / "run").fit()
+    finally:
+        use_records(None)
+    layers = summary["kernels"]["layers"].values()
+    assert layers and all(entry["tuned"] == ["forward"] for entry in layers)
