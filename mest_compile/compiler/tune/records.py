@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 import threading
 import warnings
 from pathlib import Path
@@ -26,6 +24,7 @@ from mest_compile.compiler.families.compiled import KERNELS
 from mest_compile.compiler.formats.geometry import ConvGeometry
 from mest_compile.compiler.target import resolve_target
 from mest_compile.errors import MestError
+from mest_compile.io import atomic_write_text
 
 MANIFEST = "manifest.json"
 DATABASE_FILES = ("database_workload.json", "database_tuning_record.json")
@@ -78,17 +77,7 @@ def read_manifest(work_dir: Path) -> dict[str, Any] | None:
 
 def write_manifest(work_dir: Path, manifest: dict[str, Any]) -> None:
     """Write the manifest atomically (a crash leaves the old one or the new one, never half)."""
-    work_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=work_dir, prefix=".manifest-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as out:
-            json.dump(manifest, out, indent=1, sort_keys=True)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, work_dir / MANIFEST)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(work_dir / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
 
 
 def open_database(work_dir: Path, create: bool = False) -> Any:
@@ -144,9 +133,8 @@ class TuningRecords:
 
     def choice(self, family: KernelFamily, geometry: ConvGeometry, target: Any) -> tuple[Any, dict[str, Any]]:
         """The tiles and traces tuned for `geometry` on `target`: `(None, {})` if there are none."""
-        from mest_compile.compiler.tune.workload import TuneKernel, workload
-
         from mest_compile.compiler.families import is_gpu_target
+        from mest_compile.compiler.tune.workload import TuneKernel, workload
 
         tgt = resolve_target(target)
         entries = self.entries(family, geometry)
@@ -168,7 +156,7 @@ class TuningRecords:
             shapes = [(tuple(s), d) for s, d in best["shapes"]]
             mod = workload(family, kernel, chosen, shapes, int(best["flops"]), is_gpu_target(tgt))
             record = self._best_record(mod)
-            if record is None or (entry.get("trace") is not None and not self.database.has_workload(mod)):
+            if record is None:
                 self._warn_once(f"stale:{entry['name']}", f"the tuning record of {entry['name']} in {self.work_dir} does "
                                 "not match this version's kernels: using the hand-written schedule (re-run tune)")
                 continue

@@ -3,9 +3,10 @@
 Per kernel, every template variant is a MetaSchedule task whose design spaces are the loop-level
 schedules of `schedules/host_space.py` (CPU targets) or `schedules/gpu.py` (GPU targets); the
 gradient task scheduler spreads the trials over the tasks and one XGBoost cost model, trained on
-every measurement, ranks the candidates. Before the search, each kernel's hand-written schedule
-is measured through the same builder and runner: that is the "untuned" time, and it enters the
-database like any record, so the best record is never slower than the hand-written kernel.
+every measurement, ranks the candidates. After the search, each kernel's hand-written schedule
+and its best records are measured again, alternately, through the same builder and runner
+(`Tuner._verify`): the hand-written median is the "untuned" time, and the pinned schedule is
+never slower than it.
 
 The runner's hooks find a candidate's real inputs by its argument signature; variants whose
 inputs differ but whose signatures coincide go to separate rounds.
@@ -43,7 +44,14 @@ from mest_compile.compiler.tune.records import (
     trace_json,
     write_manifest,
 )
-from mest_compile.compiler.tune.workload import TuneKernel, inputs, kernel_fields, shapes_of, variants, workload
+from mest_compile.compiler.tune.workload import (
+    TuneKernel,
+    inputs,
+    kernel_fields,
+    shapes_of,
+    variants,
+    workload,
+)
 from mest_compile.errors import MestError
 
 
@@ -198,16 +206,15 @@ class Tuner:
             return None
         return str(built.artifact_path)
 
-    def _run(self, v: _Variant, artifact: str, runner: Any) -> list[float] | None:
+    def _run(self, v: _Variant, artifact: str, runners: dict[tuple[str, str], Any]) -> list[float] | None:
         """One measurement of a built candidate: its run times, or None (said why).
 
-        `runner` is a runner, or a cache of one runner per input file (shared across calls).
+        `runners` caches one runner per input file, shared across calls.
         """
-        if isinstance(runner, dict):
-            key = (v.signature, v.inputs_path)
-            if key not in runner:
-                runner[key] = self.measurement.runner(self.preset, self.options.measure, {v.signature: v.inputs_path})
-            runner = runner[key]
+        key = (v.signature, v.inputs_path)
+        if key not in runners:
+            runners[key] = self.measurement.runner(self.preset, self.options.measure, {v.signature: v.inputs_path})
+        runner = runners[key]
         info = ms.arg_info.ArgInfo.from_prim_func(v.module["main"])
         device = self.target.kind.name if self.target.kind.name != "llvm" else "cpu"
         (future,) = runner.run([ms.runner.RunnerInput(artifact, device, info)])
@@ -218,18 +225,6 @@ class Tuner:
             return None
         return [float(s) for s in result.run_secs]
 
-    def _measure_default(self, v: _Variant, builder: Any, runner: Any) -> float | None:
-        """Time the hand-written schedule and commit it as a record (the search then starts from it)."""
-        trace = self._default(v).trace
-        artifact = self._build(v, trace, builder)
-        secs = self._run(v, artifact, runner) if artifact is not None else None
-        if secs is None:
-            return None
-        info = ms.arg_info.ArgInfo.from_prim_func(v.module["main"])
-        self.database.commit_tuning_record(ms.database.TuningRecord(
-            trace, self.database.commit_workload(v.module), secs, self.target, info))
-        return _median(secs)
-
     def _verify(self, vs: list[_Variant], builder: Any, runners: dict[tuple[str, str], Any], top: int = 3,
                 rounds: int = 3) -> None:
         """Pick each kernel's schedule from paired measurements: the hand-written one and the best records.
@@ -237,12 +232,12 @@ class Tuner:
         A search measures every candidate once, at different moments; on a shared machine a
         lucky (or unlucky) moment decides more than the schedule. So the hand-written schedule
         and the `top` best records are measured again, alternately, `rounds` times, and the
-        fastest median is pinned in the manifest with both times.
+        fastest median is pinned in the manifest with both times. The paired measurements enter
+        the database too, so it holds the hand-written schedule and every pinned one.
         """
         kernel = vs[0].kernel
-        default = family_for(kernel.scheme).default_tiles(kernel.geometry, self.target)
-        candidates: list[tuple[int, s_tir.Trace]] = [
-            (i, self._default(v).trace) for i, v in enumerate(vs) if v.tiles == default]
+        # `variants` puts the hand-written tiles first; candidate 0 is the hand-written schedule.
+        candidates: list[tuple[int, s_tir.Trace]] = [(0, self._default(vs[0]).trace)]
         ranked = []
         for i, v in enumerate(vs):
             if self.database.has_workload(v.module):
@@ -262,11 +257,16 @@ class Tuner:
                 if secs is not None:
                     times[k].append(_median(secs))
         medians = {k: _median(t) for k, t in times.items() if t}
+        for k, secs in times.items():
+            if secs:
+                i, trace, _ = built[k]
+                self.database.commit_tuning_record(ms.database.TuningRecord(
+                    trace, self.database.commit_workload(vs[i].module), secs, self.target,
+                    ms.arg_info.ArgInfo.from_prim_func(vs[i].module["main"])))
         if not medians:
             return
         entry = self._entry(kernel)
-        is_default = candidates[0][0] < len(vs) and vs[candidates[0][0]].tiles == default
-        if is_default and 0 in medians:
+        if 0 in medians:
             entry["untuned_s"] = medians[0]
         chosen = min(medians, key=lambda k: medians[k])
         index, trace, _ = built[chosen]
@@ -309,17 +309,9 @@ class Tuner:
             shutil.rmtree(self.inputs_dir, ignore_errors=True)  # regenerated (seeded) on a re-run
 
     def _round(self, members: list[_Variant], builder: Any, trials: int, progress: _Progress) -> None:
-        runner = self.measurement.runner(self.preset, self.options.measure, {v.signature: v.inputs_path for v in members})
-        for v in members:
-            entry = self._entry(v.kernel)
-            default = family_for(v.kernel.scheme).default_tiles(v.kernel.geometry, self.target)
-            if entry.get("untuned_s") is None and v.tiles == default:
-                entry["untuned_s"] = self._measure_default(v, builder, runner)
-                if entry["untuned_s"] is not None:
-                    progress.untuned[v.kernel.name] = entry["untuned_s"]
-        write_manifest(self.work_dir, self.manifest)
         if trials <= 0:
             return
+        runner = self.measurement.runner(self.preset, self.options.measure, {v.signature: v.inputs_path for v in members})
         with _without_tensor_intrinsics():
             contexts = [
                 ms.TuneContext(
@@ -371,12 +363,11 @@ class Tuner:
 
 
 class _Progress:
-    """One line per measured batch: trials so far and each kernel's best time against its untuned one."""
+    """One line per measured batch: trials so far and each kernel's best time so far."""
 
     def __init__(self, emit: ProgressFn, total: int) -> None:
         self.emit, self.total, self.count = emit, total, 0
         self.best: dict[str, float] = {}
-        self.untuned: dict[str, float] = {}
 
     def report(self, kernel: str, times: list[float | None], errors: list[str]) -> None:
         self.count += len(times)
@@ -386,9 +377,7 @@ class _Progress:
         for error in errors:
             self.emit(f"  {kernel}: candidate rejected: {error.strip().splitlines()[-1][:160]}")
         best = self.best.get(kernel)
-        base = self.untuned.get(kernel)
-        against = f" (untuned {1e6 * base:.1f} us)" if base else ""
-        shown = f"best {1e6 * best:.1f} us{against}" if best is not None else "no valid candidate yet"
+        shown = f"best {1e6 * best:.1f} us" if best is not None else "no valid candidate yet"
         self.emit(f"[{min(self.count, self.total)}/{self.total}] {kernel}: {shown}")
 
 
