@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 
 from mest_compile.errors import MestError
+from mest_compile.io import atomic_open
 from mest_compile.safe_pickle import load_pickle
 
 INDICES_KEY = "indices"
@@ -90,22 +90,11 @@ def write_importance(
     if target.suffix != ".pkl":
         target = target / importance_filename(name, int((cnt == 0).sum()))
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    except OSError as err:
-        raise MestError(f"cannot write {target}: {err.strerror or err}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_open(target) as f:
             # Protocol 3 like the shipped file: readable by every Python 3 that runs MEST.
             pickle.dump({INDICES_KEY: idx, COUNTS_KEY: cnt}, f, protocol=3)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise MestError(f"cannot write {target}: {err.strerror or err}") from None
-        raise
+    except OSError as err:
+        raise MestError(f"cannot write {target}: {err.strerror or err}") from None
     return target
 
 

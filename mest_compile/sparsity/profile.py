@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ import yaml
 from torch import nn
 
 from mest_compile.errors import MestError
+from mest_compile.io import atomic_write_text
 from mest_compile.registry import Registry
 
 # Keys MEST's profile files carry that the reference reads and then ignores.
@@ -161,15 +161,7 @@ def save_profile(profile: Profile, path: str | os.PathLike[str]) -> None:
     lines += ["rho:", "  0.001"]
     if profile.ratio_space != "overall":
         lines += ["ratio_space:", f"  {profile.ratio_space}"]
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write("\n".join(lines) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def looks_like_mest_kernel_space(profile: Mapping[str, float]) -> bool:
