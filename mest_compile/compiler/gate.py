@@ -2,21 +2,72 @@
 
 TVM can miscompile data-dependent loops silently (TVM_NOTES §3, §8), so every kernel set runs,
 through the family's differentiable op, on a random legal mask with an empty unit, an odd batch
-size and random data, and is compared with `F.conv2d(x, weight * mask)` and its autograd
-gradients (the weight gradient restricted to the mask).
+size and random data, and is compared with `reference`: `F.conv2d(x, weight * mask)` and its
+gradients (the weight gradient restricted to the mask), the one masked-dense oracle of the compiler
+side (the tuner's numeric check and the benchmarks use it too).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.nn.grad import conv2d_input, conv2d_weight
 
-from mest_compile.compiler.families import KernelFamily, KernelSet
+from mest_compile.compiler.families import KernelFamily, KernelSet, PackedFormat
+from mest_compile.errors import MestError
 
 # float32 sums of a few hundred products: errors far below this are rounding, above are bugs.
 _RTOL = 1e-4
+
+#: PyTorch's dense conv phases `(x, weight, dy, stride, padding) -> result`, by kernel name.
+_DENSE: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None, int, int], torch.Tensor]] = {
+    "forward": lambda x, w, dy, stride, padding: F.conv2d(x, w, stride=stride, padding=padding),
+    "dgrad": lambda x, w, dy, stride, padding: conv2d_input(x.shape, w, dy, stride=stride, padding=padding),
+    "wgrad": lambda x, w, dy, stride, padding: conv2d_weight(x, w.shape, dy, stride=stride, padding=padding),
+}
+#: The three kernels of a layer, in training order.
+PHASES = tuple(_DENSE)
+
+
+def dense_phase(which: str, x: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor | None, stride: int,
+                padding: int) -> torch.Tensor:
+    """PyTorch's dense phase `which` (forward, dgrad, wgrad) of `conv2d(x, weight)`; `dy` is unused by forward.
+
+    Exactly one torch call, so the benchmarks time it as the dense baseline.
+    """
+    if which not in _DENSE:
+        raise MestError(f"unknown conv phase {which!r}; known: {', '.join(PHASES)}")
+    return _DENSE[which](x, weight, dy, stride, padding)
+
+
+def reference(which: str, x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, dy: torch.Tensor | None,
+              stride: int, padding: int) -> torch.Tensor:
+    """The masked-dense result of phase `which`: what the compiled kernel `which` must compute.
+
+    Forward `F.conv2d(x, weight * mask)`, its input gradient, and its weight gradient restricted to
+    the mask (what autograd gives through `weight * mask`, and what training applies).
+
+    Example:
+        >>> dx = reference("dgrad", x, w, mask, dy, stride=1, padding=1)  # doctest: +SKIP
+    """
+    result = dense_phase(which, x, weight * mask, dy, stride, padding)
+    return result * mask if which == "wgrad" else result
+
+
+def phase_errors(family: KernelFamily, kernels: KernelSet, fmt: PackedFormat, x: torch.Tensor, weight: torch.Tensor,
+                 mask: torch.Tensor, dy: torch.Tensor) -> dict[str, float]:
+    """Relative max error of `family.conv` (run through autograd, as training does) against `reference`, per phase."""
+    geo = fmt.geometry
+    xs, ws = x.clone().requires_grad_(True), weight.clone().requires_grad_(True)
+    y = family.conv(xs, ws, fmt, kernels)
+    y.backward(dy)
+    assert xs.grad is not None and ws.grad is not None
+    got = {"forward": y.detach(), "dgrad": xs.grad, "wgrad": ws.grad}
+    return {which: relative_error(got[which], reference(which, x, weight, mask, dy, geo.stride, geo.padding))
+            for which in PHASES}
 
 
 def relative_error(got: torch.Tensor, ref: torch.Tensor) -> float:
@@ -45,19 +96,7 @@ def check_family(family: KernelFamily, kernels: KernelSet, batch: int = 3, seed:
     fmt = family.pack(kernels, mask, capacity=family.units(mask) + 7)
     dy = torch.randn(batch, geo.out_channels, geo.out_h, geo.out_w, generator=gen)
 
-    xr, wr = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
-    ref = F.conv2d(xr, wr * mask, stride=geo.stride, padding=geo.padding)
-    ref.backward(dy)
-    xs, ws = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
-    got = family.conv(xs, ws, fmt, kernels)
-    got.backward(dy)
-
-    assert xs.grad is not None and xr.grad is not None and ws.grad is not None and wr.grad is not None
-    errors = {
-        "forward": relative_error(got.detach(), ref.detach()),
-        "dgrad": relative_error(xs.grad, xr.grad),
-        "wgrad": relative_error(ws.grad, wr.grad),
-    }
+    errors = phase_errors(family, kernels, fmt, x, w, mask, dy)
     # Kept on the kernel set for reports (`inspect`, the benchmark).
     setattr(kernels, "gate_errors", errors)
     setattr(kernels, "gate_seconds", time.perf_counter() - start)

@@ -161,7 +161,9 @@ def test_a_scheme_without_a_graph_kernel_is_reported(small: tuple[nn.Module, Tra
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     _, traced = small
     family = family_for("irregular")
-    monkeypatch.setattr(type(family), "forward_func", KernelFamily.forward_func)  # as a new scheme starts out
+    # As a new scheme's family starts out: its kernels compile, but no graph-rewriting hooks yet.
+    for hook in ("forward_buffer_names", "forward_format", "forward_buffers"):
+        monkeypatch.setattr(type(family), hook, getattr(KernelFamily, hook))
     # A bare module: only the scheme given here is known; the other masked convs have none.
     out = rewrite(traced.module, "host", schemes={"p_features_conv1_weight": "irregular"})
     assert out.replaced == []

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from mest_compile.compiler.devices import compile_opencl
 from mest_compile.compiler.devices.opencl import Context
 from mest_compile.compiler.families import family_for
 from mest_compile.compiler.formats.geometry import ConvGeometry
+from mest_compile.compiler.gate import reference
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +35,6 @@ def test_gpu_forward_matches_pytorch(context: Context, scheme: str, geometry: Co
     w = torch.randn(g.out_channels, g.in_channels, g.kernel_h, g.kernel_w, generator=gen)
     mask = family.random_mask(tuple(w.shape), gen)  # with an empty unit
     buffers = family.forward_buffers(family.forward_format(g, mask), w)
-    expected = F.conv2d(x, w * mask, stride=g.stride, padding=g.padding)
+    expected = reference("forward", x, w, mask, None, g.stride, g.padding)
     *_, y = kernel(x, *buffers, np.full(tuple(expected.shape), np.nan, np.float32))
     np.testing.assert_allclose(y, expected.numpy(), rtol=1e-5, atol=1e-5)

@@ -27,6 +27,10 @@ if TYPE_CHECKING:
     import tvm
     from tvm import tirx
 
+#: A generic CPU (no `mcpu`, no `mattr`) the graph-rewriting kernels are tiled for; one core, as forward tiles
+#: do not depend on the core count.
+PORTABLE_CPU: dict[str, Any] = {"kind": "llvm", "num-cores": 1}
+
 
 class PackedFormat(Protocol):
     """A scheme's mask as runtime buffers sized by a capacity (no recompile while it fits)."""
@@ -154,9 +158,17 @@ class KernelFamily(ABC):
         """The forward kernel `f(x, *buffers, y)` of `geometry`, scheduled for CPUs.
 
         Batch size and the buffers' sizes (nonzeros, capacity) stay symbolic, so one compiled
-        graph serves every mask of the layer.
+        graph serves every mask of the layer. Built with the default tiles of `PORTABLE_CPU`:
+        a rewritten graph may be built for another CPU than this one, so no CPU-specific knob
+        (the channel forward's CLZERO) may slip in.
         """
-        raise MestError(f"scheme {self.scheme_name!r} has no forward kernel for graph rewriting yet")
+        from mest_compile.compiler.schedules.host_space import schedule_host
+        from mest_compile.compiler.target import resolve_target
+
+        if not self.forward_buffer_names:  # a graph could not name the kernel's buffers
+            raise MestError(f"scheme {self.scheme_name!r} has no forward kernel for graph rewriting yet")
+        tiles = self.default_tiles(geometry, resolve_target(PORTABLE_CPU))
+        return schedule_host(self.template(geometry, "forward", tiles), "forward")["main"]
 
     def device_forward_func(self, geometry: ConvGeometry, target: Any) -> tirx.PrimFunc:
         """The forward kernel for `target` (GPU- or CPU-scheduled), tuned when records are in use."""

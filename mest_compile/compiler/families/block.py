@@ -26,7 +26,6 @@ from mest_compile.compiler.kernels.block_dgrad import block_dgrad
 from mest_compile.compiler.kernels.block_fwd import block_forward
 from mest_compile.compiler.kernels.block_wgrad import block_wgrad
 from mest_compile.compiler.schedules.block_host import BlockTiles, block_knobs
-from mest_compile.compiler.schedules.host_space import schedule_host
 
 
 def random_block_mask(out_channels: int, columns_shape: tuple[int, ...], density: float,
@@ -112,10 +111,6 @@ class BlockFamily(KernelFamily):
 
     # ---- graph rewriting: the forward kernel alone, for call_tir in a Relax graph ------------
     forward_buffer_names = ("values", "group_ptr", "x_off")
-
-    def forward_func(self, geometry: ConvGeometry) -> tvm.tirx.PrimFunc:
-        rows = BlockTiles.default(geometry, 1).fwd_rows  # forward tiles do not depend on threads
-        return schedule_host(block_forward(geometry, rows), "forward")["main"]
 
     def gpu_template(self, geometry: ConvGeometry, which: str = "forward") -> tvm.tirx.PrimFunc:
         from mest_compile.compiler.kernels.block_fwd_gpu import block_forward_gpu

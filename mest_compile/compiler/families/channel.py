@@ -28,7 +28,6 @@ from mest_compile.compiler.schedules.channel_host import (
     channel_knobs,
     has_clzero,
 )
-from mest_compile.compiler.schedules.host_space import schedule_host
 
 
 def random_channel_mask(weight_shape: tuple[int, ...], density: float, generator: torch.Generator) -> torch.Tensor:
@@ -112,11 +111,6 @@ class ChannelFamily(KernelFamily):
 
     # ---- graph rewriting: the forward kernel alone, for call_tir in a Relax graph ------------
     forward_buffer_names = ("values", "kept", "slot")
-
-    def forward_func(self, geometry: ConvGeometry) -> tvm.tirx.PrimFunc:
-        # Portable tiles (no CLZERO): a rewritten graph is built for any CPU, not only Zen.
-        tiles = ChannelTiles.default(geometry, 1)
-        return schedule_host(channel_forward(geometry, tiles.fwd_filters, tiles.fwd_rows), "forward")["main"]
 
     def gpu_template(self, geometry: ConvGeometry, which: str = "forward") -> tvm.tirx.PrimFunc:
         if which != "forward":

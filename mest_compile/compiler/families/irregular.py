@@ -22,7 +22,6 @@ from mest_compile.compiler.formats.irregular import IrregularFormat
 from mest_compile.compiler.kernels.irregular_dgrad import irregular_dgrad
 from mest_compile.compiler.kernels.irregular_fwd import irregular_forward
 from mest_compile.compiler.kernels.irregular_wgrad import irregular_wgrad
-from mest_compile.compiler.schedules.host_space import schedule_host
 from mest_compile.compiler.schedules.irregular_host import (
     IrregularTiles,
     irregular_knobs,
@@ -112,10 +111,6 @@ class IrregularFamily(KernelFamily):
 
     # ---- graph rewriting: the forward kernel alone, for call_tir in a Relax graph ------------
     forward_buffer_names = ("values", "row_ptr", "x_off")
-
-    def forward_func(self, geometry: ConvGeometry) -> tvm.tirx.PrimFunc:
-        rows = IrregularTiles.default(geometry, 1).fwd_rows  # forward tiles do not depend on threads
-        return schedule_host(irregular_forward(geometry, rows), "forward")["main"]
 
     def gpu_template(self, geometry: ConvGeometry, which: str = "forward") -> tvm.tirx.PrimFunc:
         if which != "forward":

@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import tvm
 from tvm import tirx
 
 from mest_compile.compiler.families import KernelFamily
 from mest_compile.compiler.formats.geometry import ConvGeometry
+from mest_compile.compiler.gate import reference
 from mest_compile.sparsity.schemes import mask_for
 
 #: An argument's static shape and dtype, as the manifest stores it.
@@ -136,13 +136,8 @@ def inputs(family: KernelFamily, kernel: TuneKernel, tiles: Any, seed: int = 0) 
     g = kernel.geometry
     fmt = family.pack_with(g, tiles, mask)
     args = family.kernel_args(kernel.which, x, weight, dy, fmt)
-    masked = weight * mask
-    if kernel.which == "forward":
-        expected = F.conv2d(x, masked, stride=g.stride, padding=g.padding)
-    elif kernel.which == "dgrad":
-        expected = torch.nn.grad.conv2d_input(x.shape, masked, dy, stride=g.stride, padding=g.padding)
-    else:
-        dense = torch.nn.grad.conv2d_weight(x, weight.shape, dy, stride=g.stride, padding=g.padding)
-        expected = fmt.values(dense).reshape(args[-1].shape)
+    expected = reference(kernel.which, x, weight, mask, dy, g.stride, g.padding)
+    if kernel.which == "wgrad":  # the kernel writes the kept values only, packed
+        expected = fmt.values(expected).reshape(args[-1].shape)
     flops = 2 * int(mask.sum()) * kernel.batch * g.out_h * g.out_w
     return Inputs(args, expected, flops)
