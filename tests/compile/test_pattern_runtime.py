@@ -58,7 +58,7 @@ def test_torch_compile_and_opcheck():
     assert torch.allclose(x.grad, xr.grad, atol=1e-3)
     assert torch.allclose(w.grad, wr.grad, atol=1e-3)
     values = fmt.values(w.detach()).requires_grad_()
-    buffers = ([fmt.fwd_ptr, fmt.x_off], [fmt.dx_ptr, fmt.dx_ker, fmt.dx_off], [fmt.fwd_ptr, fmt.x_off])
+    buffers = ([fmt.fwd_ptr, fmt.x_off], [fmt.dx_ptr, fmt.dx_ker, fmt.dx_off], [fmt.dx_ptr, fmt.dx_ker, fmt.dx_off])
     args = (x.detach().requires_grad_(), values, *buffers, PATTERN.scheme_name, geometry_list(geo), "host")
     torch.library.opcheck(PACKED_CONV2D, args)
 
@@ -109,6 +109,6 @@ def test_aligned_input_layout_knob():
     values = fmt.values(w).contiguous()
     y, dv = torch.empty_like(ref), torch.empty_like(values)
     kernels.forward(x, values, fmt.fwd_ptr, fmt.x_off, y)
-    kernels.wgrad(x, dy, fmt.fwd_ptr, fmt.x_off, dv)
+    kernels.wgrad(x, dy, fmt.dx_ptr, fmt.dx_ker, fmt.dx_off, dv)
     assert torch.allclose(y, ref.detach(), atol=1e-4)
     assert torch.allclose(dv, fmt.values(wm.grad), atol=1e-4)

@@ -30,7 +30,6 @@ from mest_compile.compiler.kernels.pattern_dgrad import pattern_dgrad
 from mest_compile.compiler.kernels.pattern_fwd import pattern_forward
 from mest_compile.compiler.kernels.pattern_taps import input_layout
 from mest_compile.compiler.kernels.pattern_wgrad import pattern_wgrad
-from mest_compile.compiler.schedules.host_space import schedule_host
 from mest_compile.compiler.schedules.pattern_host import PatternTiles, pattern_knobs
 
 
@@ -96,12 +95,12 @@ class PatternFamily(KernelFamily):
             return [x, values, fmt.fwd_ptr, fmt.x_off, torch.empty_like(dy)]
         if which == "dgrad":
             return [dy, values, fmt.dx_ptr, fmt.dx_ker, fmt.dx_off, torch.empty_like(x)]
-        return [x, dy, fmt.fwd_ptr, fmt.x_off, torch.empty_like(values)]
+        return [x, dy, fmt.dx_ptr, fmt.dx_ker, fmt.dx_off, torch.empty_like(values)]
 
     def conv(self, x: torch.Tensor, weight: torch.Tensor, fmt: Any, kernels: Any) -> torch.Tensor:
         from mest_compile.compiler.families.ops import KernelBuffers, packed_conv2d
 
-        buffers = KernelBuffers([fmt.fwd_ptr, fmt.x_off], [fmt.dx_ptr, fmt.dx_ker, fmt.dx_off], [fmt.fwd_ptr, fmt.x_off])
+        buffers = KernelBuffers([fmt.fwd_ptr, fmt.x_off], [fmt.dx_ptr, fmt.dx_ker, fmt.dx_off], [fmt.dx_ptr, fmt.dx_ker, fmt.dx_off])
         return packed_conv2d(x, fmt.values(weight), buffers, self, kernels)
 
     def random_mask(self, weight_shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
@@ -120,18 +119,13 @@ class PatternFamily(KernelFamily):
 
         def wgrad() -> None:
             dv = x.new_empty(fmt.nnz, TAPS_PER_KERNEL)
-            kernels.wgrad(x, dy, fmt.fwd_ptr, fmt.x_off, dv)
+            kernels.wgrad(x, dy, fmt.dx_ptr, fmt.dx_ker, fmt.dx_off, dv)
             scatter_flat(dv, fmt.flat_idx, weight.numel())
 
         return {"fwd": fwd, "dgrad": dgrad, "wgrad": wgrad}
 
     # ---- graph rewriting: the forward kernel alone, for call_tir in a Relax graph ------------
     forward_buffer_names = ("values", "fwd_ptr", "x_off")
-
-    def forward_func(self, geometry: ConvGeometry) -> tvm.tirx.PrimFunc:
-        tiles = PatternTiles.default(geometry, 1)  # forward tiles do not depend on threads
-        layout = input_layout(geometry, tiles.aligned_input)
-        return schedule_host(pattern_forward(geometry, tiles.fwd_rows, layout), "forward")["main"]
 
     def gpu_template(self, geometry: ConvGeometry, which: str = "forward") -> tvm.tirx.PrimFunc:
         if which != "forward":
