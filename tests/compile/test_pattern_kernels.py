@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 
 import pytest
@@ -12,8 +13,13 @@ from hypothesis import strategies as st
 
 from mest_compile import mask_for
 from mest_compile.compiler.api import sparse_conv2d
-from mest_compile.compiler.families.pattern import random_pattern_mask
+from mest_compile.compiler.families.compiled import compile_kernels
+from mest_compile.compiler.families.pattern import PATTERN, random_pattern_mask
+from mest_compile.compiler.formats.geometry import ConvGeometry
+from mest_compile.compiler.gate import reference, relative_error
+from mest_compile.compiler.target import resolve_target
 from mest_compile.errors import MestError
+from mest_compile.sparsity.schemes.pattern import PATTERNS
 
 SCHEME = "pattern+filter_balance"
 
@@ -92,6 +98,31 @@ def test_mest_resnet32_layers(cin, cout, size, stride):
     x = torch.randn(2, cin, size, size, generator=gen)
     w = torch.randn(cout, cin, 3, 3, generator=gen)
     check(x, w, mask_for(w, SCHEME, 0.9), stride, 1)
+
+
+@pytest.mark.parametrize("cols", [1, 2, 4])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_weight_gradient_widths_cover_every_run_length(cols, stride):
+    """The weight gradient takes each (channel, pattern) run in blocks of `cols`, then halves.
+
+    One pattern per channel and every kernel kept gives runs of all 15 filters (the first is
+    empty), so the widest blocks and every remainder width run.
+    """
+    geo = ConvGeometry(6, 8, 8, 16, 3, 3, stride=stride, padding=1)
+    tiles = dataclasses.replace(PATTERN.default_tiles(geo, resolve_target("host")), wgrad_cols=cols)
+    kernels = compile_kernels(PATTERN, geo, "host", tiles)
+    gen = torch.Generator().manual_seed(cols * 10 + stride)
+    ids = torch.randint(0, len(PATTERNS), (6,), generator=gen)
+    mask = PATTERNS[ids].unsqueeze(0).repeat(16, 1, 1, 1)
+    mask[0] = False
+    fmt = kernels.pack(mask)
+    x, w = torch.randn(3, 6, 8, 8, generator=gen), torch.randn(16, 6, 3, 3, generator=gen)
+    dy = torch.randn(3, 16, geo.out_h, geo.out_w, generator=gen)
+    dv = torch.empty(fmt.capacity, 4)
+    kernels.wgrad(x, dy, fmt.dx_ptr, fmt.dx_ker, fmt.dx_off, dv)
+    got = torch.zeros(w.numel()).index_put_((fmt.flat_idx[: fmt.nnz].reshape(-1),), dv[: fmt.nnz].reshape(-1)).view_as(w)
+    want = reference("wgrad", x, w, mask, dy, stride, 1)
+    assert relative_error(got, want) < 1e-5
 
 
 def test_refuses_non_3x3_layers():
