@@ -46,7 +46,7 @@ def run_bench(scheme: str, sparsity: float = 0.9, *, model: str = "resnet32", ba
     }
     result["memory"]["ratio"] = round(result["memory"]["dense_bytes"] / result["memory"]["packed_bytes"], 2)
     if step:
-        result["step"] = bench_step(model, name, sparsity, batch, IMAGE, max(5, reps // 3), target, gen)
+        result["step"] = bench_step(model, name, sparsity, batch, IMAGE, max(10, reps // 2), target, gen)
     return result
 
 
