@@ -36,6 +36,27 @@ def test_input_gradient_lists_every_block_once():
     assert bool((fmt.dx_ptr[1:] >= fmt.dx_ptr[:-1]).all())
 
 
+def test_scatter_layout_lists_blocks_by_chunk_and_group_with_their_scratch_offsets():
+    geo = ConvGeometry(6, 7, 9, 12, 3, 3, stride=1, padding=1)
+    mask = _mask(3)
+    fmt = BlockFormat.pack(mask, geo, scatter_channels=4)  # channels 0-3 and 4-5: 2 chunks
+    kept = mask.reshape(3, 4, -1)[:, 0]
+    g, col = kept.nonzero(as_tuple=True)
+    c, kh, kw = col // 9, col % 9 // 3, col % 3
+    assert fmt.dx_ptr.numel() == 2 * 3 + 1 and int(fmt.dx_ptr[-1]) == fmt.nnz
+    blk = fmt.dx_blk[: fmt.nnz].long()
+    assert sorted(blk.tolist()) == list(range(fmt.nnz))  # every block once
+    bucket = torch.div(c, 4, rounding_mode="floor") * 3 + g
+    for b in range(6):  # each CSR bucket holds exactly its (chunk, group)'s blocks
+        lo, hi = int(fmt.dx_ptr[b]), int(fmt.dx_ptr[b + 1])
+        assert torch.equal(bucket[blk[lo:hi]], torch.full((hi - lo,), b))
+    rows, pitch = geo.out_h + 2, geo.out_w + 2
+    want = (c % 4) * rows * pitch + kh * pitch + kw
+    assert torch.equal(fmt.dx_off[: fmt.nnz].long(), want[blk])
+    with pytest.raises(MestError, match="stride 1"):
+        BlockFormat.pack(mask, GEO, scatter_channels=4)
+
+
 def test_partial_block_is_rejected():
     mask = _mask(2)
     mask[1, 0, 0, 0] = ~mask[1, 0, 0, 0]

@@ -23,6 +23,7 @@ from mest_compile.compiler.formats.block import (
 )
 from mest_compile.compiler.formats.geometry import ConvGeometry
 from mest_compile.compiler.kernels.block_dgrad import block_dgrad
+from mest_compile.compiler.kernels.block_dgrad_scatter import block_dgrad_scatter
 from mest_compile.compiler.kernels.block_fwd import block_forward
 from mest_compile.compiler.kernels.block_wgrad import block_wgrad
 from mest_compile.compiler.schedules.block_host import BlockTiles, block_knobs
@@ -60,6 +61,8 @@ class BlockFamily(KernelFamily):
     def template(self, geometry: ConvGeometry, which: str, tiles: BlockTiles) -> tvm.tirx.PrimFunc:
         if which == "forward":
             return block_forward(geometry, tiles.fwd_rows)
+        if which == "dgrad" and tiles.dgrad_scatter_rows:
+            return block_dgrad_scatter(geometry, tiles.dgrad_scatter_rows, tiles.dgrad_channels)
         if which == "dgrad":
             return block_dgrad(geometry, tiles.dgrad_rows, tiles.dgrad_chunk)
         return block_wgrad(geometry, tiles.wgrad_cols, tiles.wgrad_slots, tiles.wgrad_images)
@@ -69,7 +72,8 @@ class BlockFamily(KernelFamily):
 
     def pack_with(self, geometry: ConvGeometry, tiles: BlockTiles, mask: torch.Tensor,
                   capacity: int | None = None) -> BlockFormat:
-        return BlockFormat.pack(mask, geometry, capacity, chunk_groups=tiles.dgrad_chunk)
+        return BlockFormat.pack(mask, geometry, capacity, chunk_groups=tiles.dgrad_chunk,
+                                scatter_channels=tiles.dgrad_channels if tiles.dgrad_scatter_rows else 0)
 
     def kernel_args(self, which: str, x: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor,
                     fmt: Any) -> list[torch.Tensor]:
@@ -84,7 +88,10 @@ class BlockFamily(KernelFamily):
         from mest_compile.compiler.families.op_args import check_packing
         from mest_compile.compiler.families.ops import KernelBuffers, packed_conv2d
 
-        check_packing((fmt.chunk_groups,), (kernels.tiles.dgrad_chunk,), "filter groups per input-gradient chunk")
+        tiles = kernels.tiles
+        check_packing((fmt.chunk_groups, fmt.scatter_channels),
+                      (tiles.dgrad_chunk, tiles.dgrad_channels if tiles.dgrad_scatter_rows else 0),
+                      "input-gradient chunking (filter groups, scatter channels)")
         buffers = KernelBuffers([fmt.group_ptr, fmt.x_off], [fmt.dx_ptr, fmt.dx_blk, fmt.dx_off], [fmt.group_ptr, fmt.x_off])
         return packed_conv2d(x, fmt.values(weight), buffers, self, kernels)
 

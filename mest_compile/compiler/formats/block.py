@@ -6,11 +6,17 @@ the kept blocks twice:
 
 * by filter group `g` (forward and weight gradient): `group_ptr` (CSR over groups) and, per
   block, `x_off`, its input-scratch offset (see `geometry.py`);
-* by input gradient row `(k, c, a, b)` (chunk of `chunk_groups` filter groups, input channel,
-  dx output phase): `dx_ptr`, and per entry `dx_blk` (which block's 4 values) and `dx_off`
-  (gradient-scratch offset of its channel `4g`). The input-gradient kernel sums one chunk of
-  filter groups at a time so that their part of the gradient scratch stays in L1; the chunk
-  size is a property of the compiled kernels (`BlockTiles.dgrad_chunk`), passed in by the caller.
+* for the input gradient, in one of two layouts, whichever the compiled kernels read (a
+  property of the kernels passed in by the caller, checked when the op runs):
+  * gather (`block_dgrad.py`, `scatter_channels == 0`): by dx row `(k, c, a, b)` (chunk of
+    `chunk_groups` filter groups, input channel, dx output phase): `dx_ptr`, and per entry
+    `dx_blk` (which block's 4 values) and `dx_off` (gradient-scratch offset of its channel
+    `4g`). The kernel sums one chunk of filter groups at a time so that their part of the
+    gradient scratch stays in L1 (`BlockTiles.dgrad_chunk`);
+  * scatter (`block_dgrad_scatter.py`, stride 1, `scatter_channels > 0`): by (chunk of
+    `scatter_channels` input channels, filter group), within a group by tap `(kw, kh)` then
+    channel: `dx_ptr`, `dx_blk` as above, and `dx_off` the block's offset in the chunk's padded
+    dx scratch (`BlockTiles.dgrad_channels`).
 
 Buffers are sized by a *capacity* (in blocks). The kernels read only the first `nnz` entries, so
 a new mask that fits is a repack in torch: same buffers, same compiled kernels.
@@ -60,10 +66,12 @@ class BlockFormat:
     dx_blk: torch.Tensor  # (capacity,)
     dx_off: torch.Tensor  # (capacity,)
     chunk_groups: int = 0  # filter groups per input-gradient chunk (0: all in one chunk)
+    scatter_channels: int = 0  # input channels per scatter chunk (0: the gather layout)
 
     @classmethod
     def pack(
-        cls, mask: torch.Tensor, geometry: ConvGeometry, capacity: int | None = None, chunk_groups: int = 0
+        cls, mask: torch.Tensor, geometry: ConvGeometry, capacity: int | None = None, chunk_groups: int = 0,
+        scatter_channels: int = 0,
     ) -> BlockFormat:
         """Pack a legal block `mask` (shaped like the weight) for `geometry`.
 
@@ -71,6 +79,8 @@ class BlockFormat:
             capacity: buffer size in blocks; defaults to the number of kept blocks (at least 1).
             chunk_groups: filter groups per input-gradient chunk, as the kernels expect it
                 (`BlockKernels.tiles.dgrad_chunk`); 0 puts all groups in one chunk.
+            scatter_channels: input channels per chunk of the scatter input gradient (stride 1,
+                `tiles.dgrad_channels`); 0 packs the gather layout.
         """
         kept = kept_blocks(mask.detach().cpu())
         nnz = int(kept.sum())
@@ -80,6 +90,12 @@ class BlockFormat:
         groups = kept.shape[0]
         chunk_groups = groups if chunk_groups <= 0 else min(int(chunk_groups), groups)
         chunks = -(-groups // chunk_groups)
+        if scatter_channels > 0:
+            if geometry.stride != 1:
+                raise MestError(f"the scatter input-gradient layout is for stride 1, got {geometry.stride}")
+            dx_rows = -(-geometry.in_channels // scatter_channels) * groups
+        else:
+            dx_rows = chunks * geometry.in_channels * geometry.stride**2
         fmt = cls(
             geometry=geometry,
             capacity=capacity,
@@ -87,10 +103,11 @@ class BlockFormat:
             group_ptr=torch.zeros(groups + 1, dtype=torch.int32),
             x_off=torch.zeros(capacity, dtype=torch.int32),
             flat_idx=torch.zeros(capacity, BLOCK_ROWS, dtype=torch.int64),
-            dx_ptr=torch.zeros(chunks * geometry.in_channels * geometry.stride**2 + 1, dtype=torch.int32),
+            dx_ptr=torch.zeros(dx_rows + 1, dtype=torch.int32),
             dx_blk=torch.zeros(capacity, dtype=torch.int32),
             dx_off=torch.zeros(capacity, dtype=torch.int32),
             chunk_groups=chunk_groups,
+            scatter_channels=int(scatter_channels),
         )
         fmt._fill(kept)
         return fmt
@@ -119,6 +136,9 @@ class BlockFormat:
         rows = g[:, None] * BLOCK_ROWS + torch.arange(BLOCK_ROWS)
         self.flat_idx.zero_()
         self.flat_idx[:nnz] = rows * geo.columns + col[:, None]
+        if self.scatter_channels > 0:
+            self._fill_scatter(g, col)
+            return
         # Input gradient: entries grouped by dx row (c, phase), stable so groups stay ordered.
         phase, off = geo.dx_phase_and_offsets
         khw = geo.kernel_h * geo.kernel_w
@@ -131,6 +151,26 @@ class BlockFormat:
         self.dx_blk[:nnz] = order.to(torch.int32)
         self.dx_off.zero_()
         self.dx_off[:nnz] = (g[order] * BLOCK_ROWS * geo.dy_plane + off[col[order]]).to(torch.int32)
+
+    def _fill_scatter(self, g: torch.Tensor, col: torch.Tensor) -> None:
+        """The scatter input-gradient layout (see the module docstring) of kept blocks `(g, col)`."""
+        geo = self.geometry
+        nnz = int(g.numel())
+        kh_n, kw_n = geo.kernel_h, geo.kernel_w
+        c, kh, kw = col // (kh_n * kw_n), col % (kh_n * kw_n) // kw_n, col % kw_n
+        rows, pitch = geo.out_h + kh_n - 1, geo.out_w + kw_n - 1
+        chunk = torch.div(c, self.scatter_channels, rounding_mode="floor")
+        bucket = chunk * (geo.out_channels // BLOCK_ROWS) + g
+        # Within a bucket by tap, then channel: neighbouring entries write other channels' rows.
+        key = (bucket * (kh_n * kw_n) + kw * kh_n + kh) * geo.in_channels + c
+        order = torch.argsort(key)
+        self.dx_ptr.zero_()
+        self.dx_ptr[1:] = torch.cumsum(torch.bincount(bucket, minlength=self.dx_ptr.numel() - 1), 0)
+        self.dx_blk.zero_()
+        self.dx_blk[:nnz] = order.to(torch.int32)
+        self.dx_off.zero_()
+        off = (c % self.scatter_channels) * rows * pitch + kh * pitch + kw
+        self.dx_off[:nnz] = off[order].to(torch.int32)
 
     def values(self, weight: torch.Tensor) -> torch.Tensor:
         """`(nnz, 4)` kept values of `weight`; differentiable (its gradient is zero off the mask)."""

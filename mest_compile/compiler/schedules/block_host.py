@@ -39,6 +39,14 @@ class BlockTiles:
     # Filter groups per input-gradient chunk: the dy rows a tile reads from one chunk should
     # stay in L1 (that kernel loads once per FMA); fewer groups cost more partial-sum traffic.
     dgrad_chunk: int
+    # Stride 1 runs the scatter input gradient instead (`block_dgrad_scatter.py`; 0: the gather
+    # kernel above): dy rows per step, whose 4 x rows vectors stay in registers. Measured on
+    # MEST's ResNet-32 against the gather kernel (interleaved with dense): 1.50x on 32x32
+    # (1 row), 1.55x on 16x16 (2 rows), 1.29-1.33x on 8x8 (4-8 rows).
+    dgrad_scatter_rows: int = 0
+    # Input channels per scatter chunk: the chunk's padded dx planes (its scratch) stay in L2.
+    # One chunk measured fastest on all three (148 KiB on 32x32); halving it 1.1-1.4x slower.
+    dgrad_channels: int = 0
 
     @classmethod
     def default(cls, geo: ConvGeometry, threads: int) -> BlockTiles:
@@ -50,6 +58,8 @@ class BlockTiles:
             wgrad_slots=max(1, threads),
             wgrad_images=max(1, 16 // geo.out_h),
             dgrad_chunk=dgrad_chunk_groups(geo, dgrad_rows),
+            dgrad_scatter_rows=scatter_rows(geo),
+            dgrad_channels=scatter_channels(geo) if geo.stride == 1 else 0,
         )
 
 
@@ -68,10 +78,31 @@ def dgrad_chunk_groups(geo: ConvGeometry, rows: int) -> int:
     return max(1, min(geo.out_channels // 4, fit))
 
 
+# Bytes of padded dx planes one scatter chunk may hold (half of Zen 4's 1 MiB L2).
+SCATTER_BYTES = 256 * 1024
+
+
+def scatter_rows(geo: ConvGeometry) -> int:
+    """dy rows per step of the scatter input gradient (0: stride 2, which runs the gather kernel).
+
+    About two vectors of one filter's row per step: 1 row of 32, 2 of 16, 4 of 8.
+    """
+    return largest_divisor(geo.out_h, max(1, 32 // geo.out_w)) if geo.stride == 1 else 0
+
+
+def scatter_channels(geo: ConvGeometry) -> int:
+    """Input channels per scatter chunk: as many padded dx planes as fit `SCATTER_BYTES`."""
+    plane = (geo.out_h + geo.kernel_h - 1) * (geo.out_w + geo.kernel_w - 1) * 4
+    return max(1, min(geo.in_channels, SCATTER_BYTES // plane))
+
+
 def block_knobs(geo: ConvGeometry, which: str, tiles: BlockTiles) -> dict[str, list[int]]:
     """Tile values the tuner tries for kernel `which` (register-tile rows up to 32 accumulators)."""
     if which == "forward":
         return {"fwd_rows": divisors(geo.out_h, max(1, 8 // vectors(geo.out_w)))}
+    if which == "dgrad" and tiles.dgrad_scatter_rows:
+        return {"dgrad_scatter_rows": divisors(geo.out_h, 8),
+                "dgrad_channels": around(tiles.dgrad_channels, high=geo.in_channels)}
     if which == "dgrad":
         return {"dgrad_rows": divisors(geo.dx_rows, max(1, 8 // vectors(geo.dx_cols))),
                 "dgrad_chunk": around(tiles.dgrad_chunk, high=geo.out_channels // 4)}

@@ -60,6 +60,20 @@ def _slots(sch: s_tir.Schedule, fuse_reduce: bool) -> None:
     sch.parallel(sch.fuse(*loops) if fuse_reduce and len(loops) > 1 else loops[0])
 
 
+def _parallel_outer(sch: s_tir.Schedule, consumer: str, fuse: bool) -> None:
+    """A kernel without a fill stage: its outer loops (fused, or the first alone) in parallel."""
+    loops = sch.get_loops(sch.get_sblock(consumer))
+    sch.parallel(sch.fuse(loops[0], loops[1]) if fuse and len(loops) > 1 else loops[0])
+
+
+def _has_block(func: tirx.PrimFunc, name: str) -> bool:
+    try:
+        s_tir.Schedule(func).get_sblock(name)
+    except s_tir.schedule.ScheduleError:
+        return False
+    return True
+
+
 def _tile_loops_swappable(func: tirx.PrimFunc, consumer: str) -> bool:
     """Whether the consumer has two tile loops after the image loop, both data-parallel."""
     sch = s_tir.Schedule(func)
@@ -73,6 +87,8 @@ def spaces(func: tirx.PrimFunc, which: str) -> list[Space]:
     if which == "wgrad":
         return [lambda sch: _slots(sch, False), lambda sch: _slots(sch, True)]
     consumer = CONSUMER[which]
+    if not _has_block(func, "fill"):  # e.g. the block scheme's scatter input gradient
+        return [lambda sch: _parallel_outer(sch, consumer, True), lambda sch: _parallel_outer(sch, consumer, False)]
     out: list[Space] = [lambda sch: _fill_at_image(sch, consumer, False)]
     swaps = (False, True) if _tile_loops_swappable(func, consumer) else (False,)
     if swaps[-1]:
