@@ -73,7 +73,7 @@ class BlockFamily(KernelFamily):
     def pack_with(self, geometry: ConvGeometry, tiles: BlockTiles, mask: torch.Tensor,
                   capacity: int | None = None) -> BlockFormat:
         return BlockFormat.pack(mask, geometry, capacity, chunk_groups=tiles.dgrad_chunk,
-                                scatter_channels=tiles.dgrad_channels if tiles.dgrad_scatter_rows else 0)
+                                scatter_channels=tiles.scatter_layout)
 
     def kernel_args(self, which: str, x: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor,
                     fmt: Any) -> list[torch.Tensor]:
@@ -88,9 +88,7 @@ class BlockFamily(KernelFamily):
         from mest_compile.compiler.families.op_args import check_packing
         from mest_compile.compiler.families.ops import KernelBuffers, packed_conv2d
 
-        tiles = kernels.tiles
-        check_packing((fmt.chunk_groups, fmt.scatter_channels),
-                      (tiles.dgrad_chunk, tiles.dgrad_channels if tiles.dgrad_scatter_rows else 0),
+        check_packing((fmt.chunk_groups, fmt.scatter_channels), (kernels.tiles.dgrad_chunk, kernels.tiles.scatter_layout),
                       "input-gradient chunking (filter groups, scatter channels)")
         buffers = KernelBuffers([fmt.group_ptr, fmt.x_off], [fmt.dx_ptr, fmt.dx_blk, fmt.dx_off], [fmt.group_ptr, fmt.x_off])
         return packed_conv2d(x, fmt.values(weight), buffers, self, kernels)

@@ -48,6 +48,11 @@ class BlockTiles:
     # One chunk measured fastest on all three (148 KiB on 32x32); halving it 1.1-1.4x slower.
     dgrad_channels: int = 0
 
+    @property
+    def scatter_layout(self) -> int:
+        """Channels per scatter chunk the format must be packed with (0: the gather layout)."""
+        return self.dgrad_channels if self.dgrad_scatter_rows else 0
+
     @classmethod
     def default(cls, geo: ConvGeometry, threads: int) -> BlockTiles:
         dgrad_rows = largest_divisor(geo.dx_rows, max(1, 8 // vectors(geo.dx_cols)))
