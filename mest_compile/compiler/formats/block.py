@@ -158,7 +158,6 @@ class BlockFormat:
         nnz = int(g.numel())
         kh_n, kw_n = geo.kernel_h, geo.kernel_w
         c, kh, kw = col // (kh_n * kw_n), col % (kh_n * kw_n) // kw_n, col % kw_n
-        rows, pitch = geo.out_h + kh_n - 1, geo.out_w + kw_n - 1
         chunk = torch.div(c, self.scatter_channels, rounding_mode="floor")
         bucket = chunk * (geo.out_channels // BLOCK_ROWS) + g
         # Within a bucket by tap, then channel: neighbouring entries write other channels' rows.
@@ -169,7 +168,7 @@ class BlockFormat:
         self.dx_blk.zero_()
         self.dx_blk[:nnz] = order.to(torch.int32)
         self.dx_off.zero_()
-        off = (c % self.scatter_channels) * rows * pitch + kh * pitch + kw
+        off = (c % self.scatter_channels) * geo.dx_pad_plane + kh * geo.dx_pad_pitch + kw
         self.dx_off[:nnz] = off[order].to(torch.int32)
 
     def values(self, weight: torch.Tensor) -> torch.Tensor:

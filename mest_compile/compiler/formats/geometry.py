@@ -172,6 +172,21 @@ class ConvGeometry:
         """Floats of gradient scratch per image."""
         return self.dy_copies * self.out_channels * self.dy_plane
 
+    # ---- padded dx scratch (the block scheme's scatter input gradient, stride 1) ----------------
+    @property
+    def dx_pad_rows(self) -> int:
+        """Rows of a dx plane zero-padded by the kernel's reach: dx row `ih` is padded row `ih + padding`."""
+        return self.out_h + self.kernel_h - 1
+
+    @property
+    def dx_pad_pitch(self) -> int:
+        """Floats per padded dx row: dx column `iw` is padded column `iw + padding`."""
+        return self.out_w + self.kernel_w - 1
+
+    @property
+    def dx_pad_plane(self) -> int:
+        return self.dx_pad_rows * self.dx_pad_pitch
+
     @cached_property
     def dx_phase_and_offsets(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per weight column: its dx output phase `a * s + b` and its gradient-scratch offset.

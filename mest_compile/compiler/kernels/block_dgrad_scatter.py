@@ -8,12 +8,13 @@ feeds: `S[c, oh + kh, ow + kw] += sum_r v_r * dy[4g + r, oh, ow]`. Every kept bl
 reuses the same 4 vectors (at 90% sparsity 30-60 blocks per group and chunk), so a block costs
 one read-modify-write of a scratch row per 4 FMAs.
 
-The scratch `S` is the chunk's dx planes zero-padded by the kernel's reach: `S[c, r, col]` is
-`dx[c, r - p, col - p]`, so no write needs a bounds test. It is zeroed, accumulated and copied
-out per (image, chunk). It stays in L2 (at most `SCRATCH_BYTES` per chunk). Within a group the
-blocks are ordered by tap, then channel (see `BlockFormat`), so consecutive read-modify-writes
-touch different channels' rows: ordered by channel first, neighbouring taps overlap a just-stored
-row at an offset of one float, which stalls store forwarding (measured 1.2-1.5x slower).
+The scratch `S` is the chunk's dx planes zero-padded by the kernel's reach
+(`ConvGeometry.dx_pad_*`): `S[c, r, col]` is `dx[c, r - p, col - p]`, so no write needs a bounds
+test. It is zeroed, accumulated and copied out per (image, chunk) and stays in L2 (at most
+`block_host.SCATTER_BYTES` per chunk). Within a group the blocks are ordered by tap, then
+channel (see `BlockFormat`), so consecutive read-modify-writes touch different channels' rows:
+ordered by channel first, neighbouring taps overlap a just-stored row at an offset of one float,
+which stalls store forwarding (measured 1.2-1.5x slower).
 """
 
 from __future__ import annotations
@@ -22,11 +23,6 @@ from tvm import tirx
 from tvm.script import tirx as T
 
 from mest_compile.compiler.formats.geometry import ConvGeometry
-
-
-def scatter_plane(geo: ConvGeometry) -> tuple[int, int]:
-    """`(rows, pitch)` of one channel's padded dx plane in the scatter scratch."""
-    return geo.out_h + geo.kernel_h - 1, geo.out_w + geo.kernel_w - 1
 
 
 def block_dgrad_scatter(geo: ConvGeometry, rows: int, channels: int) -> tirx.PrimFunc:
@@ -48,8 +44,7 @@ def block_dgrad_scatter(geo: ConvGeometry, rows: int, channels: int) -> tirx.Pri
     assert OH % rows == 0, (OH, rows)
     G = O // 4
     K = -(-C // channels)
-    SR, SP = scatter_plane(geo)
-    PLANE = SR * SP
+    SP, PLANE = geo.dx_pad_pitch, geo.dx_pad_plane
     SIZE = channels * PLANE
     LANES = 16
 

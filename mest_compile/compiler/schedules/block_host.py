@@ -64,7 +64,7 @@ class BlockTiles:
             wgrad_images=max(1, 16 // geo.out_h),
             dgrad_chunk=dgrad_chunk_groups(geo, dgrad_rows),
             dgrad_scatter_rows=scatter_rows(geo),
-            dgrad_channels=scatter_channels(geo) if geo.stride == 1 else 0,
+            dgrad_channels=scatter_channels(geo),
         )
 
 
@@ -96,9 +96,10 @@ def scatter_rows(geo: ConvGeometry) -> int:
 
 
 def scatter_channels(geo: ConvGeometry) -> int:
-    """Input channels per scatter chunk: as many padded dx planes as fit `SCATTER_BYTES`."""
-    plane = (geo.out_h + geo.kernel_h - 1) * (geo.out_w + geo.kernel_w - 1) * 4
-    return max(1, min(geo.in_channels, SCATTER_BYTES // plane))
+    """Input channels per scatter chunk: as many padded dx planes as fit `SCATTER_BYTES` (0: stride 2)."""
+    if geo.stride != 1:
+        return 0
+    return max(1, min(geo.in_channels, SCATTER_BYTES // (geo.dx_pad_plane * 4)))
 
 
 def block_knobs(geo: ConvGeometry, which: str, tiles: BlockTiles) -> dict[str, list[int]]:
