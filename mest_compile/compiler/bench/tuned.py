@@ -43,8 +43,8 @@ def run_tuned_bench(work_dir: str, reps: int = 30, seed: int = 0) -> dict[str, A
         use_records(None)
     if not rows:
         raise MestError(f"{work_dir} holds no tuned kernel")
-    untuned = sum(r["count"] * sum(p["untuned_ms"] for p in r["phases"].values()) for r in rows)
-    tuned = sum(r["count"] * sum(p["tuned_ms"] for p in r["phases"].values()) for r in rows)
+    untuned = sum(r["count"] * r["untuned_ms"] for r in rows)
+    tuned = sum(r["count"] * r["tuned_ms"] for r in rows)
     return {"work_dir": str(work_dir), "target": records.target, "threads": threads(), "layers": rows,
             "total": {"untuned_ms": round(untuned, 3), "tuned_ms": round(tuned, 3),
                       "speedup": round(untuned / tuned, 2)}}
@@ -71,7 +71,7 @@ def _layer(records: TuningRecords, scheme: str, geo: ConvGeometry, entries: list
     tuned_ms = sum(p["tuned_ms"] for p in phases.values())
     return {"scheme": scheme, "layer": first["layers"][0] if first["layers"] else str(geo), "count": len(first["layers"]) or 1,
             "geometry": first["geometry"], "tuned": list(tuned.tuned), "tiles": str(tuned.tiles), "phases": phases,
-            "speedup_total": round(untuned_ms / tuned_ms, 2)}
+            "untuned_ms": round(untuned_ms, 3), "tuned_ms": round(tuned_ms, 3), "speedup_total": round(untuned_ms / tuned_ms, 2)}
 
 
 def format_tuned_bench(result: dict[str, Any]) -> str:
