@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mest_compile.compiler.export import build, run
+from mest_compile.compiler.graph.export import build, run
 from mest_compile.compiler.families import KernelFamily, family_for
-from mest_compile.compiler.rewrite import rewrite
-from mest_compile.compiler.rewritten import Rewritten
-from mest_compile.compiler.trace import Traced, model_tensors, trace
+from mest_compile.compiler.graph.rewrite import rewrite
+from mest_compile.compiler.graph.result import Rewritten
+from mest_compile.compiler.graph.trace import Traced, model_tensors, trace
 from mest_compile.errors import MestError
 from mest_compile.sparsity.module import sparse_layers, sparsify
 from mest_compile.sparsity.profile import uniform_profile

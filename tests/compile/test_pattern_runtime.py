@@ -64,10 +64,10 @@ def test_torch_compile_and_opcheck():
 
 
 def test_graph_rewrite_runs_the_pattern_forward():
-    from mest_compile.compiler.export import build as build_graph
-    from mest_compile.compiler.export import run
-    from mest_compile.compiler.rewrite import rewrite
-    from mest_compile.compiler.trace import model_tensors, trace
+    from mest_compile.compiler.graph.export import build as build_graph
+    from mest_compile.compiler.graph.export import run
+    from mest_compile.compiler.graph.rewrite import rewrite
+    from mest_compile.compiler.graph.trace import model_tensors, trace
     from mest_compile.sparsity.module import sparsify
     from mest_compile.sparsity.profile import uniform_profile
     from mest_compile.train.models import build_model
@@ -92,7 +92,7 @@ def test_aligned_input_layout_knob():
     from mest_compile.compiler.families.compiled import compile_kernels
     from mest_compile.compiler.families.pattern import PATTERN
     from mest_compile.compiler.kernels.pattern_taps import input_layout
-    from mest_compile.compiler.schedules.pattern_host import PatternTiles
+    from mest_compile.schedules.pattern_host import PatternTiles
 
     geo = ConvGeometry(4, 16, 16, 8, 3, 3, stride=2, padding=1)
     kernels = compile_kernels(PATTERN, geo, tiles=dataclasses.replace(PatternTiles.default(geo, 2), aligned_input=True))

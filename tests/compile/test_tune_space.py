@@ -14,7 +14,7 @@ from tvm import s_tir
 from mest_compile.compiler.families import family_for
 from mest_compile.compiler.families.compiled import KERNELS
 from mest_compile.compiler.formats.geometry import ConvGeometry
-from mest_compile.compiler.schedules.host_space import spaces
+from mest_compile.schedules.host_space import spaces
 from mest_compile.compiler.target import resolve_target
 from mest_compile.compiler.tune.workload import TuneKernel, inputs, variants
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import torch
 
 from mest_compile.compiler.devices import EmulatedBoard
-from mest_compile.compiler.export import export, run
-from mest_compile.compiler.rewrite import rewrite
-from mest_compile.compiler.trace import model_tensors, trace
+from mest_compile.compiler.graph.export import export, run
+from mest_compile.compiler.graph.rewrite import rewrite
+from mest_compile.compiler.graph.trace import model_tensors, trace
 from mest_compile.sparsity.module import sparse_layers, sparsify
 from mest_compile.sparsity.profile import uniform_profile
 from mest_compile.sparsity.schemes import mask_for

@@ -10,9 +10,9 @@ import torch
 import tvm
 
 from mest_compile.compiler.devices import MissingToolError
-from mest_compile.compiler.export import build, device_modules, export, run
-from mest_compile.compiler.rewrite import rewrite
-from mest_compile.compiler.trace import Traced, model_tensors, trace
+from mest_compile.compiler.graph.export import build, device_modules, export, run
+from mest_compile.compiler.graph.rewrite import rewrite
+from mest_compile.compiler.graph.trace import Traced, model_tensors, trace
 from mest_compile.sparsity.module import sparsify
 from mest_compile.sparsity.profile import uniform_profile
 from mest_compile.train.models import build_model

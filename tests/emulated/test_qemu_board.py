@@ -72,8 +72,8 @@ def test_block_forward_kernel_on_the_board(remote: rpc.RPCSession, tmp_path: Pat
     from mest_compile.compiler.formats.block import BlockFormat
     from mest_compile.compiler.formats.geometry import ConvGeometry
     from mest_compile.compiler.kernels.block_fwd import block_forward
-    from mest_compile.compiler.schedules.block_host import BlockTiles
-    from mest_compile.compiler.schedules.host_space import schedule_host
+    from mest_compile.schedules.block_host import BlockTiles
+    from mest_compile.schedules.host_space import schedule_host
 
     geo = ConvGeometry(8, 8, 8, 16, 3, 3, stride=1, padding=1)
     tiles = BlockTiles.default(geo, 4)

@@ -20,7 +20,7 @@ from mest_compile.compiler.devices.opencl import Context
 from mest_compile.compiler.devices.opencl_tvm import OpenCLFunction, compile_opencl
 from mest_compile.compiler.families import KernelFamily, PackedFormat
 from mest_compile.compiler.formats.geometry import ConvGeometry
-from mest_compile.compiler.schedules.gpu import bind_spatial
+from mest_compile.schedules.gpu import bind_spatial
 from mest_compile.sparsity.module import SparseConv2d
 
 KERNELS = ("forward", "dgrad", "wgrad")

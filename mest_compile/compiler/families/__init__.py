@@ -145,7 +145,7 @@ class KernelFamily(ABC):
         with `F.conv2d`, `conv2d_input` and `conv2d_weight` of the dense layer.
         """
 
-    # ---- graph rewriting (optional): what the Relax pass (`compiler/rewrite.py`) calls ------
+    # ---- graph rewriting (optional): what the Relax pass (`compiler/graph/rewrite.py`) calls ------
     #: Names of the forward kernel's runtime buffers, in argument order between `x` and `y`.
     forward_buffer_names: tuple[str, ...] = ()
 
@@ -162,7 +162,7 @@ class KernelFamily(ABC):
         a rewritten graph may be built for another CPU than this one, so no CPU-specific knob
         (the channel forward's CLZERO) may slip in.
         """
-        from mest_compile.compiler.schedules.host_space import schedule_host
+        from mest_compile.schedules.host_space import schedule_host
         from mest_compile.compiler.target import resolve_target
 
         if not self.forward_buffer_names:  # a graph could not name the kernel's buffers
@@ -201,7 +201,7 @@ class KernelFamily(ABC):
 
         Same arguments as `forward_func`, so the same packed buffers drive both.
         """
-        from mest_compile.compiler.schedules.gpu import bind_spatial
+        from mest_compile.schedules.gpu import bind_spatial
 
         return bind_spatial(self.gpu_template(geometry), ("conv",))
 

@@ -26,7 +26,7 @@ from mest_compile.compiler.kernels.block_dgrad import block_dgrad
 from mest_compile.compiler.kernels.block_dgrad_scatter import block_dgrad_scatter
 from mest_compile.compiler.kernels.block_fwd import block_forward
 from mest_compile.compiler.kernels.block_wgrad import block_wgrad
-from mest_compile.compiler.schedules.block_host import BlockTiles, block_knobs
+from mest_compile.schedules.block_host import BlockTiles, block_knobs
 
 
 def random_block_mask(out_channels: int, columns_shape: tuple[int, ...], density: float,

@@ -23,7 +23,7 @@ from mest_compile.compiler.formats.geometry import ConvGeometry
 from mest_compile.compiler.kernels.channel_dgrad import channel_dgrad
 from mest_compile.compiler.kernels.channel_fwd import channel_forward
 from mest_compile.compiler.kernels.channel_wgrad import channel_wgrad
-from mest_compile.compiler.schedules.channel_host import (
+from mest_compile.schedules.channel_host import (
     ChannelTiles,
     channel_knobs,
     has_clzero,

@@ -17,7 +17,7 @@ import tvm
 from tvm import s_tir
 
 from mest_compile.compiler.formats.geometry import ConvGeometry
-from mest_compile.compiler.schedules.host_space import schedule_host
+from mest_compile.schedules.host_space import schedule_host
 from mest_compile.compiler.target import resolve_target
 
 if TYPE_CHECKING:

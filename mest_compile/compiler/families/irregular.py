@@ -22,7 +22,7 @@ from mest_compile.compiler.formats.irregular import IrregularFormat
 from mest_compile.compiler.kernels.irregular_dgrad import irregular_dgrad
 from mest_compile.compiler.kernels.irregular_fwd import irregular_forward
 from mest_compile.compiler.kernels.irregular_wgrad import irregular_wgrad
-from mest_compile.compiler.schedules.irregular_host import (
+from mest_compile.schedules.irregular_host import (
     IrregularTiles,
     irregular_knobs,
 )

@@ -30,7 +30,7 @@ from mest_compile.compiler.kernels.pattern_dgrad import pattern_dgrad
 from mest_compile.compiler.kernels.pattern_fwd import pattern_forward
 from mest_compile.compiler.kernels.pattern_taps import input_layout
 from mest_compile.compiler.kernels.pattern_wgrad import pattern_wgrad
-from mest_compile.compiler.schedules.pattern_host import PatternTiles, pattern_knobs
+from mest_compile.schedules.pattern_host import PatternTiles, pattern_knobs
 
 
 def random_pattern_mask(weight_shape: tuple[int, ...], density: float, generator: torch.Generator,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import tvm
 from tvm import tirx
 
-from mest_compile.compiler.export import device_modules
+from mest_compile.compiler.graph.export import device_modules
 from mest_compile.errors import MestError
 
 # Device module kind -> (language of its source, file extension).

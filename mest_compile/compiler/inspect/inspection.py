@@ -13,10 +13,10 @@ from mest_compile.compiler.formats.geometry import ConvGeometry
 from mest_compile.compiler.inspect.codegen import Code, generate
 from mest_compile.compiler.inspect.stats import LayerStats, layer_stats, signature_text
 from mest_compile.compiler.inspect.subject import Subject
-from mest_compile.compiler.rewrite import is_gpu, kernel_name, rewrite
-from mest_compile.compiler.rewritten import Skipped
+from mest_compile.compiler.graph.rewrite import is_gpu, kernel_name, rewrite
+from mest_compile.compiler.graph.result import Skipped
 from mest_compile.compiler.target import resolve_target
-from mest_compile.compiler.trace import model_tensors, trace
+from mest_compile.compiler.graph.trace import model_tensors, trace
 from mest_compile.errors import MestError
 
 

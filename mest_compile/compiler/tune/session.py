@@ -31,8 +31,8 @@ from tvm.s_tir import meta_schedule as ms
 
 from mest_compile.compiler.families import KernelFamily, family_for
 from mest_compile.compiler.presets import Preset
-from mest_compile.compiler.schedules.gpu import DEFAULT_THREADS, bind_block, gpu_spaces
-from mest_compile.compiler.schedules.host_space import Space, as_generator, spaces
+from mest_compile.schedules.gpu import DEFAULT_THREADS, bind_block, gpu_spaces
+from mest_compile.schedules.host_space import Space, as_generator, spaces
 from mest_compile.compiler.target import resolve_target
 from mest_compile.compiler.tune import measure
 from mest_compile.compiler.tune.measurements import MEASUREMENTS, MeasureOptions

@@ -29,10 +29,10 @@ from tvm import relax, tirx
 
 from mest_compile.compiler.families import FAMILIES, KernelFamily, family_for
 from mest_compile.compiler.formats.geometry import ConvGeometry
-from mest_compile.compiler.rewrite_match import MaskedConv, match_masked_conv
-from mest_compile.compiler.rewritten import Replacement, Rewritten, Skipped
+from mest_compile.compiler.graph.match import MaskedConv, match_masked_conv
+from mest_compile.compiler.graph.result import Replacement, Rewritten, Skipped
 from mest_compile.compiler.target import resolve_target
-from mest_compile.compiler.trace import Traced
+from mest_compile.compiler.graph.trace import Traced
 from mest_compile.errors import MestError
 
 MODES = ("runtime", "constant")

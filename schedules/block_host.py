@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mest_compile.compiler.formats.geometry import ConvGeometry
-from mest_compile.compiler.schedules.host_common import (
+from mest_compile.schedules.host_common import (
     around,
     divisors,
     largest_divisor,

@@ -22,7 +22,7 @@ import tvm
 from tvm import relax
 
 from mest_compile.compiler.presets import cross_compiler_for
-from mest_compile.compiler.rewritten import Rewritten
+from mest_compile.compiler.graph.result import Rewritten
 from mest_compile.errors import MestError
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import tvm
 
 from mest_compile.compiler.formats.geometry import ConvGeometry
-from mest_compile.compiler.schedules.host_common import (
+from mest_compile.schedules.host_common import (
     around,
     divisors,
     largest_divisor,

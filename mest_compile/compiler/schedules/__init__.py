@@ -1,1 +1,0 @@
-"""Hand-written schedules per scheme x target family."""
