@@ -69,22 +69,22 @@ def tune(target: str, model: str | None, profile: str | None, sparsity: float | 
       mest-compile tune --target arm --rpc 192.168.1.5:9190 --rpc-key rpi4 --scheme block \\
           --shape 64,64,3,3 --input 64,64,16,16 --padding 1 --trials 64 --work-dir tuned-arm/
     """
-    from mest_compile.compiler.families.compiled import KERNELS
+    from mest_compile.compiler.phases import PHASES
     from mest_compile.compiler.inspect import layer_subject, model_subject
-    from mest_compile.compiler.presets import preset_for
+    from mest_compile.compiler.target import as_target
     from mest_compile.compiler.tune.extract import model_kernels
     from mest_compile.compiler.tune.measurements import MeasureOptions
     from mest_compile.compiler.tune.session import TuneOptions, tune_kernels
     from mest_compile.compiler.tune.summary import format_summary
 
     which = [p.strip() for p in phases.split(",") if p.strip()]
-    if not which or any(p not in KERNELS for p in which):
-        raise MestError(f"--kernels takes {', '.join(KERNELS)} (comma-separated), got {phases!r}")
+    if not which or any(p not in PHASES for p in which):
+        raise MestError(f"--kernels takes {', '.join(PHASES)} (comma-separated), got {phases!r}")
     if trials < 0 or variants < 1:
         raise MestError(f"--trials must be >= 0 and --variants >= 1, got {trials} and {variants}")
     if (model is None) == (shape is None):
         raise MestError("give --model (with --profile or --sparsity) or one layer's --shape, not both")
-    preset = preset_for(target)
+    tgt = as_target(target)
     options = TuneOptions(work_dir=Path(work_dir), trials=trials, variants=variants, seed=seed,
                           measure=MeasureOptions(rpc=_rpc_target(rpc, rpc_key, rpc_timeout)))
     if shape is not None:
@@ -97,6 +97,6 @@ def tune(target: str, model: str | None, profile: str | None, sparsity: float | 
         subject = model_subject(str(model), scheme, profile=profile, sparsity=sparsity,
                                 input_shape=input_shape or f"{DEFAULT_BATCH},3,32,32")
     kernels = model_kernels(subject.model, subject.example, scheme, which)
-    rows = tune_kernels(preset, kernels, options, progress=lambda line: click.echo(line, err=True))
+    rows = tune_kernels(tgt, kernels, options, progress=lambda line: click.echo(line, err=True))
     click.echo(format_summary(rows))
     click.echo(f"records in {work_dir} (MetaSchedule JSON database + manifest.json)")

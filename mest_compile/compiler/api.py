@@ -1,4 +1,8 @@
-"""The compiler's public entry points: `sparse_conv2d` and `compile_model`."""
+"""The compiler's public entry points: `sparse_conv2d` and `compile_model` (alias `compile_`).
+
+The boundary: targets become one `Target` here, and tuning records are the ones in effect
+(`with TuningRecords(work_dir):`, or `records=`).
+"""
 
 from __future__ import annotations
 
@@ -12,11 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mest_compile.compiler.backend import CompiledConvBackend, geometry_of
-from mest_compile.compiler.build import KernelGateError, kernels_for
 from mest_compile.compiler.families import KernelFamily, family_for
 from mest_compile.compiler.formats.geometry import ConvGeometry
-from mest_compile.compiler.policy import RecompilePolicy
+from mest_compile.compiler.runtime.backend import CompiledConvBackend, geometry_of
+from mest_compile.compiler.runtime.cache import kernels_for
+from mest_compile.compiler.runtime.gate import KernelGateError
+from mest_compile.compiler.runtime.policy import RecompilePolicy
+from mest_compile.compiler.runtime.records import TunedChoices, using
+from mest_compile.compiler.target import as_target
 from mest_compile.errors import MestError
 from mest_compile.sparsity.module import SparseConv2d
 
@@ -56,11 +63,11 @@ def sparse_conv2d(
     if reason is not None:
         raise MestError(f"scheme {scheme!r} cannot compile this layer: {reason}")
     try:
-        kernels = kernels_for(family, geometry, target)
+        kernels = kernels_for(family, geometry, as_target(target))
     except KernelGateError as err:
         warnings.warn(f"{err}; using the masked dense conv", stacklevel=2)
         return F.conv2d(x, weight * mask, stride=s, padding=p)
-    return family.conv(x, weight, family.pack(kernels, mask), kernels)
+    return kernels.conv(x, weight, kernels.pack(mask))
 
 
 def unsupported(module: SparseConv2d) -> str | None:
@@ -83,17 +90,19 @@ def compile_model(
     example_input: torch.Tensor | None = None,
     policy: RecompilePolicy | None = None,
     fallback: str = "measure",
+    records: TunedChoices | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Switch every `SparseConv2d` of `model` to compiled kernels, in place.
 
     Args:
-        target: a preset name, target dict or TVM target.
+        target: a preset name, TVM tag, target dict, TVM target or `Target`.
         example_input: a batch for the model; with it each layer's kernels are built now, and
             with `fallback="measure"` every layer is timed against the dense conv.
         policy: the recompile thresholds.
         fallback: "measure": a layer whose compiled forward + backward measures slower than the
             dense conv on this machine keeps the masked dense conv ("never slower than dense");
             "never": compile whatever can be.
+        records: tuning records to build with (default: those in effect).
 
     Returns:
         Layer name -> {"status": "compiled" | "dense", "reason": ..., "speedup": ...}.
@@ -102,6 +111,10 @@ def compile_model(
 
     if fallback not in ("measure", "never"):
         raise MestError(f"fallback must be 'measure' or 'never', got {fallback!r}")
+    if records is not None:
+        with using(records):
+            return compile_model(model, target, example_input=example_input, policy=policy, fallback=fallback)
+    tgt = as_target(target)
     inputs = layer_inputs(model, example_input) if example_input is not None else {}
     report: dict[str, dict[str, Any]] = {}
     for name, module in sparse_layers(model).items():
@@ -117,7 +130,7 @@ def compile_model(
         if family is not None and name in inputs:
             reason = family.supports(geometry_of(module, tuple(inputs[name].shape)))
         if reason is None and family is not None:
-            backend = CompiledConvBackend(family, target, policy)
+            backend = CompiledConvBackend(family, tgt, policy)
             module.backend = backend
             if name in inputs:
                 entry.update(_measure(module, backend, inputs[name]))
@@ -159,16 +172,16 @@ def layer_inputs(model: nn.Module, example_input: torch.Tensor) -> dict[str, tor
 def _measure(module: SparseConv2d, backend: CompiledConvBackend, x: torch.Tensor, reps: int = 5) -> dict[str, float]:
     """Median forward + backward time of the compiled and the dense conv, interleaved."""
     try:
-        kernels = kernels_for(backend.family, geometry_of(module, tuple(x.shape)), backend.target)
+        kernels = backend.kernels(geometry_of(module, tuple(x.shape)))
     except KernelGateError as err:
         backend.failure = str(err)
         return {}
     weight, mask = module.weight.detach(), module.mask
-    fmt = backend.family.pack(kernels, mask)
+    fmt = kernels.pack(mask)
 
     def compiled() -> None:
         w, xi = weight.clone().requires_grad_(True), x.clone().requires_grad_(True)
-        y = backend.family.conv(xi, w, fmt, kernels)
+        y = kernels.conv(xi, w, fmt)
         y.backward(torch.ones_like(y))
 
     def dense() -> None:
@@ -186,3 +199,7 @@ def _measure(module: SparseConv2d, backend: CompiledConvBackend, x: torch.Tensor
     dense_s, compiled_s = statistics.median(times["dense"][1:]), statistics.median(times["compiled"][1:])
     return {"dense_ms": 1e3 * dense_s, "compiled_ms": 1e3 * compiled_s, "speedup": dense_s / compiled_s,
             "tuned": list(getattr(kernels, "tuned", ()))}  # kernels scheduled from tuning records
+
+
+#: `compile_model` with PyTorch's in-place spelling (it changes `model`'s layers in place).
+compile_ = compile_model

@@ -98,23 +98,3 @@ def cross_compiler_for(triple: str) -> str | None:
         if preset.cross_compiler and str(spec.get("mtriple", "")) == triple:
             return preset.cross_compiler
     raise MestError(f"no target preset names a cross compiler for {triple}")
-
-
-def preset_for(target: str) -> Preset:
-    """A preset name's preset, or one derived from a TVM tag, target dict (JSON) or legacy string.
-
-    The derived preset says how kernels for the target are measured: OpenCL through our launcher,
-    CUDA on this machine, a foreign CPU over RPC (cross-linked), any other CPU locally.
-    """
-    from mest_compile.compiler.target import resolve_target
-
-    if target in preset_names():
-        return load_preset(target)
-    tgt = resolve_target(target)
-    kind = tgt.kind.name
-    gpu = "gpu" in [str(k) for k in tgt.keys]
-    triple = str(tgt.attrs.get("mtriple", "")) if kind == "llvm" else ""
-    compiler = cross_compiler_for(triple) if kind == "llvm" else None
-    measure = "opencl" if kind == "opencl" else "rpc" if compiler else "local"
-    return Preset(name=target, target=dict(tgt.export()), cross_compiler=compiler, family="gpu" if gpu else "cpu",
-                  measure=measure, description=f"derived from {target}")

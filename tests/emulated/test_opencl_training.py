@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from mest_compile.compiler.devices.opencl import Context
-from mest_compile.compiler.devices.opencl_training import OpenCLConvBackend
+from mest_compile.compiler.runtime.opencl_backend import OpenCLConvBackend
 from mest_compile.compiler.families import family_for
-from mest_compile.compiler.gate import PHASES, reference
+from mest_compile.compiler.runtime.gate import PHASES, reference
 from mest_compile.sparsity.module import SparseConv2d
 
 

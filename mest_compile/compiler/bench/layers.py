@@ -10,12 +10,14 @@ import torch
 import torch.nn.functional as F
 
 from mest_compile.compiler.api import layer_inputs
-from mest_compile.compiler.backend import geometry_of
+from mest_compile.compiler.bench.phases import phase_calls
 from mest_compile.compiler.bench.timing import interleaved
-from mest_compile.compiler.build import kernels_for
 from mest_compile.compiler.families import KernelFamily
 from mest_compile.compiler.formats.geometry import ConvGeometry
-from mest_compile.compiler.gate import dense_phase, phase_errors
+from mest_compile.compiler.runtime.backend import geometry_of
+from mest_compile.compiler.runtime.cache import kernels_for
+from mest_compile.compiler.runtime.gate import dense_phase, phase_errors
+from mest_compile.compiler.target import Target
 from mest_compile.errors import MestError
 from mest_compile.sparsity.module import sparse_layers, sparsify
 from mest_compile.sparsity.profile import uniform_profile
@@ -48,7 +50,7 @@ def distinct_layers(model_name: str, scheme: str, batch: int, image: tuple[int, 
 
 
 def bench_layer(family: KernelFamily, case: LayerCase, scheme: str, sparsity: float, batch: int, reps: int,
-                target: Any, generator: torch.Generator) -> dict[str, Any]:
+                target: Target, generator: torch.Generator) -> dict[str, Any]:
     """Time one layer's three phases, compiled vs dense, and check the compiled result first."""
     geo = case.geometry
     start = time.perf_counter()
@@ -57,11 +59,11 @@ def bench_layer(family: KernelFamily, case: LayerCase, scheme: str, sparsity: fl
     x = torch.randn(batch, geo.in_channels, geo.in_h, geo.in_w, generator=generator)
     w = torch.randn(geo.out_channels, geo.in_channels, geo.kernel_h, geo.kernel_w, generator=generator)
     mask = mask_for(w, scheme, sparsity)
-    fmt = family.pack(kernels, mask)
+    fmt = kernels.pack(mask)
     dy = torch.randn(batch, geo.out_channels, geo.out_h, geo.out_w, generator=generator)
     wm = w * mask
     conv: dict[str, Any] = {"stride": geo.stride, "padding": geo.padding}
-    _check(family, kernels, fmt, x, w, mask, dy)
+    _check(kernels, fmt, x, w, mask, dy)
 
     xg, wg, wmg = x.clone().requires_grad_(), w.clone().requires_grad_(), wm.clone().requires_grad_()
 
@@ -71,9 +73,9 @@ def bench_layer(family: KernelFamily, case: LayerCase, scheme: str, sparsity: fl
 
     def sparse_train() -> None:
         xg.grad = wg.grad = None
-        family.conv(xg, wg, fmt, kernels).backward(dy)
+        kernels.conv(xg, wg, fmt).backward(dy)
 
-    phases = family.phase_calls(x, w, dy, fmt, kernels)
+    phases = phase_calls(x, w, dy, fmt, kernels)
     # The dense side is one torch call per phase on the pre-masked weight (no mask multiply timed).
     pairs = {
         "fwd": (lambda: dense_phase("forward", x, wm, None, **conv), phases["fwd"]),
@@ -103,10 +105,9 @@ def bench_layer(family: KernelFamily, case: LayerCase, scheme: str, sparsity: fl
     return row
 
 
-def _check(family: KernelFamily, kernels: Any, fmt: Any, x: torch.Tensor, w: torch.Tensor, mask: torch.Tensor,
-           dy: torch.Tensor) -> None:
+def _check(kernels: Any, fmt: Any, x: torch.Tensor, w: torch.Tensor, mask: torch.Tensor, dy: torch.Tensor) -> None:
     """The gate ran at a small batch; check the benchmarked batch too before timing anything."""
-    for what, err in phase_errors(family, kernels, fmt, x, w, mask, dy).items():
+    for what, err in phase_errors(kernels, fmt, x, w, mask, dy).items():
         if not err <= 1e-4:
             raise MestError(f"{what} disagrees with PyTorch at batch {x.shape[0]} for {fmt.geometry}: "
                             f"relative error {err:.2e}")

@@ -11,7 +11,7 @@ from mest_compile.compiler.bench.layers import bench_layer, distinct_layers
 from mest_compile.compiler.bench.process import keep_freed_memory
 from mest_compile.compiler.bench.step import bench_step
 from mest_compile.compiler.families import family_for
-from mest_compile.compiler.target import threads
+from mest_compile.compiler.target import as_target, threads
 from mest_compile.sparsity.schemes import check_sparsity, get_scheme
 
 # MEST's workload: the wide ResNet-32 on CIFAR-sized input.
@@ -28,7 +28,8 @@ def run_bench(scheme: str, sparsity: float = 0.9, *, model: str = "resnet32", ba
     torch.set_num_threads(threads())  # both sides get the same cores
     gen = torch.Generator().manual_seed(seed)
     cases = distinct_layers(model, name, batch, IMAGE)
-    rows = [bench_layer(family, case, name, sparsity, batch, reps, target, gen) for case in cases]
+    tgt = as_target(target)
+    rows = [bench_layer(family, case, name, sparsity, batch, reps, tgt, gen) for case in cases]
     dense = sum(r["count"] * r["dense_total_ms"] for r in rows)
     sparse = sum(r["count"] * r["sparse_total_ms"] for r in rows)
     result: dict[str, Any] = {
@@ -46,7 +47,7 @@ def run_bench(scheme: str, sparsity: float = 0.9, *, model: str = "resnet32", ba
     }
     result["memory"]["ratio"] = round(result["memory"]["dense_bytes"] / result["memory"]["packed_bytes"], 2)
     if step:
-        result["step"] = bench_step(model, name, sparsity, batch, IMAGE, max(10, reps // 2), target, gen)
+        result["step"] = bench_step(model, name, sparsity, batch, IMAGE, max(10, reps // 2), tgt, gen)
     return result
 
 

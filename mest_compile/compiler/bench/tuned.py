@@ -12,12 +12,13 @@ from typing import Any
 
 import torch
 
+from mest_compile.compiler.bench.phases import phase_calls
 from mest_compile.compiler.bench.timing import interleaved
-from mest_compile.compiler.build import kernels_for
 from mest_compile.compiler.families import family_for
 from mest_compile.compiler.formats.geometry import ConvGeometry
-from mest_compile.compiler.target import resolve_target, threads
-from mest_compile.compiler.tune.records import TuningRecords, use_records
+from mest_compile.compiler.runtime.cache import kernels_for
+from mest_compile.compiler.target import Target, as_target, threads
+from mest_compile.compiler.tune.records import TuningRecords
 from mest_compile.compiler.tune.workload import TuneKernel, layer_data
 from mest_compile.errors import MestError
 
@@ -27,8 +28,8 @@ PHASES = {"forward": "fwd", "dgrad": "dgrad", "wgrad": "wgrad"}
 def run_tuned_bench(work_dir: str, reps: int = 30, seed: int = 0) -> dict[str, Any]:
     """Benchmark the records of `work_dir` (tuned on this machine) against the hand-written kernels."""
     records = TuningRecords(work_dir)
-    target = resolve_target("host")
-    if str(target) != records.target:
+    target = as_target("host")
+    if target.key != records.target:
         raise MestError(f"{work_dir} was tuned for {records.target}; tuned-vs-untuned runs on this machine "
                         f"({target})")
     torch.set_num_threads(threads())
@@ -37,10 +38,7 @@ def run_tuned_bench(work_dir: str, reps: int = 30, seed: int = 0) -> dict[str, A
         if entry.get("best") is not None:
             key = (entry["scheme"], ConvGeometry(**entry["geometry"]))
             layers.setdefault(key, []).append(entry)
-    try:
-        rows = [_layer(records, scheme, geo, entries, reps, seed) for (scheme, geo), entries in layers.items()]
-    finally:
-        use_records(None)
+    rows = [_layer(records, target, scheme, geo, entries, reps, seed) for (scheme, geo), entries in layers.items()]
     if not rows:
         raise MestError(f"{work_dir} holds no tuned kernel")
     untuned = sum(r["count"] * r["untuned_ms"] for r in rows)
@@ -50,18 +48,15 @@ def run_tuned_bench(work_dir: str, reps: int = 30, seed: int = 0) -> dict[str, A
                       "speedup": round(untuned / tuned, 2)}}
 
 
-def _layer(records: TuningRecords, scheme: str, geo: ConvGeometry, entries: list[dict[str, Any]], reps: int,
-           seed: int) -> dict[str, Any]:
+def _layer(records: TuningRecords, target: Target, scheme: str, geo: ConvGeometry, entries: list[dict[str, Any]],
+           reps: int, seed: int) -> dict[str, Any]:
     family = family_for(scheme)
-    # Both sets are built (and gated) by the build cache, which holds one set per geometry: the
-    # hand-written one first, then the tuned one; the benchmark keeps both.
-    use_records(None)
-    untuned = kernels_for(family, geo, "host")
-    use_records(records.work_dir)
-    tuned = kernels_for(family, geo, "host")
+    # Both sets are built and gated by the build cache, which keys them by the records they used.
+    untuned = kernels_for(family, geo, target, records=None)
+    tuned = kernels_for(family, geo, target, records=records)
     first = entries[0]
     x, w, mask, dy = layer_data(TuneKernel(scheme, geo, "forward", int(first["batch"]), float(first["sparsity"])), seed)
-    calls = {name: family.phase_calls(x, w, dy, kernels.pack(mask), kernels) for name, kernels in
+    calls = {name: phase_calls(x, w, dy, kernels.pack(mask), kernels) for name, kernels in
              (("untuned", untuned), ("tuned", tuned))}
     pairs = {PHASES[which]: (calls["untuned"][PHASES[which]], calls["tuned"][PHASES[which]]) for which in PHASES}
     timing = interleaved(pairs, reps)

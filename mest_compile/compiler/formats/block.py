@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from mest_compile.compiler.formats.geometry import ConvGeometry
-from mest_compile.compiler.formats.values import gather_flat
+from mest_compile.compiler.formats.values import gather_flat, scatter_flat
 from mest_compile.errors import MestError
 
 SCHEME = "free_block_prune_column_4"
@@ -175,6 +175,10 @@ class BlockFormat:
         """`(nnz, 4)` kept values of `weight`; differentiable (its gradient is zero off the mask)."""
         return gather_flat(weight, self.flat_idx, self.nnz)
 
+    def dense_grad(self, values_grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The dense weight gradient `values`' backward builds from `values_grad` (zero off the mask)."""
+        return scatter_flat(values_grad, self.flat_idx, weight.numel()).view(weight.shape)
+
     def signature(self, buckets: int = 8) -> tuple:
         """Structure signature: geometry, capacity and a histogram of blocks per filter group.
 
@@ -200,3 +204,13 @@ class BlockFormat:
         """Bytes of the index buffers plus the packed values (float32)."""
         idx = sum(t.numel() * t.element_size() for t in self.buffers().values())
         return idx + self.capacity * BLOCK_ROWS * 4
+
+
+def random_block_mask(out_channels: int, columns_shape: tuple[int, ...], density: float,
+                      generator: torch.Generator) -> torch.Tensor:
+    """A legal block mask `(O, C, kh, kw)`; the first filter group is always empty."""
+    groups = out_channels // BLOCK_ROWS
+    cols = int(torch.tensor(columns_shape).prod())
+    kept = torch.rand(groups, cols, generator=generator) < density
+    kept[0] = False
+    return kept[:, None, :].expand(groups, BLOCK_ROWS, cols).reshape(out_channels, *columns_shape)

@@ -102,6 +102,10 @@ class ChannelFormat:
         """`(nnz, C, kh, kw)` kept filters of `weight`; differentiable (zero gradient off the mask)."""
         return weight.index_select(0, self.gather[: self.nnz])
 
+    def dense_grad(self, values_grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The dense weight gradient `values`' backward builds from `values_grad` (zero off the mask)."""
+        return torch.zeros_like(weight).index_copy_(0, self.gather[: self.nnz], values_grad)
+
     def signature(self) -> tuple:
         """Structure signature: geometry, capacity and (kept, pruned) filter counts.
 
@@ -119,3 +123,12 @@ class ChannelFormat:
         geo = self.geometry
         idx = sum(t.numel() * t.element_size() for t in self.buffers().values())
         return idx + self.capacity * geo.columns * 4
+
+
+def random_channel_mask(weight_shape: tuple[int, ...], density: float, generator: torch.Generator) -> torch.Tensor:
+    """A legal channel mask shaped like the weight: filter 0 always pruned, the last one kept."""
+    o = weight_shape[0]
+    kept = torch.rand(o, generator=generator) < density
+    kept[-1] = True
+    kept[0] = False
+    return kept.reshape(-1, *([1] * (len(weight_shape) - 1))).expand(weight_shape).clone()

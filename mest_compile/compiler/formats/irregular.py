@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from mest_compile.compiler.formats.geometry import ConvGeometry
-from mest_compile.compiler.formats.values import gather_flat
+from mest_compile.compiler.formats.values import gather_flat, scatter_flat
 from mest_compile.errors import MestError
 
 SCHEME = "irregular"
@@ -154,6 +154,10 @@ class IrregularFormat:
         """`(nnz,)` kept values of `weight` in CSR order; differentiable (gradient zero off the mask)."""
         return gather_flat(weight, self.flat_idx, self.nnz)
 
+    def dense_grad(self, values_grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The dense weight gradient `values`' backward builds from `values_grad` (zero off the mask)."""
+        return scatter_flat(values_grad, self.flat_idx, weight.numel()).view(weight.shape)
+
     def signature(self, buckets: int = 8) -> tuple:
         """Structure signature: geometry, capacity and a histogram of nonzeros per filter.
 
@@ -180,3 +184,11 @@ class IrregularFormat:
         """Bytes of the index buffers plus the packed values (float32)."""
         idx = sum(t.numel() * t.element_size() for t in self.buffers().values())
         return idx + self.capacity * 4
+
+
+def random_irregular_mask(weight_shape: tuple[int, ...], density: float, generator: torch.Generator) -> torch.Tensor:
+    """A random bool mask; filter 0 and input channel 0 are always empty (empty rows and columns)."""
+    mask = torch.rand(weight_shape, generator=generator) < density
+    mask[0] = False
+    mask[:, 0] = False
+    return mask

@@ -25,7 +25,7 @@ from functools import cache
 import torch
 
 from mest_compile.compiler.formats.geometry import ConvGeometry
-from mest_compile.compiler.formats.values import gather_flat
+from mest_compile.compiler.formats.values import gather_flat, scatter_flat
 from mest_compile.errors import MestError
 from mest_compile.sparsity.schemes.pattern import PATTERNS, kernel_patterns
 
@@ -153,6 +153,10 @@ class PatternFormat:
         """`(nnz, 4)` kept values of `weight`; differentiable (its gradient is zero off the mask)."""
         return gather_flat(weight, self.flat_idx, self.nnz)
 
+    def dense_grad(self, values_grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The dense weight gradient `values`' backward builds from `values_grad` (zero off the mask)."""
+        return scatter_flat(values_grad, self.flat_idx, weight.numel()).view(weight.shape)
+
     def pattern_counts(self) -> torch.Tensor:
         """(8,) kept kernels per pattern."""
         per = (self.fwd_ptr[1:] - self.fwd_ptr[:-1]).reshape(-1, NUM_PATTERNS)
@@ -189,3 +193,22 @@ class PatternFormat:
         """Bytes of the index buffers plus the packed values (float32)."""
         idx = sum(t.numel() * t.element_size() for t in self.buffers().values())
         return idx + self.capacity * TAPS_PER_KERNEL * 4
+
+
+def random_pattern_mask(weight_shape: tuple[int, ...], density: float, generator: torch.Generator,
+                        per_filter: int | None = None) -> torch.Tensor:
+    """A legal pattern mask `(O, C, 3, 3)`: random patterns, the first filter always empty.
+
+    Args:
+        density: fraction of kernels kept (ignored with `per_filter`).
+        per_filter: keep exactly this many kernels in every filter but the first (filter balance).
+    """
+    o, c = weight_shape[0], weight_shape[1]
+    if per_filter is None:
+        kept = torch.rand(o, c, generator=generator) < density
+    else:
+        order = torch.rand(o, c, generator=generator).argsort(dim=1)
+        kept = order < per_filter
+    ids = torch.randint(0, NUM_PATTERNS, (o, c), generator=generator)
+    kept[0] = False
+    return PATTERNS[ids] & kept[:, :, None, None]

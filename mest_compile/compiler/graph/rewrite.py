@@ -27,28 +27,25 @@ import torch
 import tvm
 from tvm import relax, tirx
 
-from mest_compile.compiler.families import FAMILIES, KernelFamily, family_for
+from mest_compile.compiler.families import KernelFamily, family_for
 from mest_compile.compiler.formats.geometry import ConvGeometry
 from mest_compile.compiler.graph.match import MaskedConv, match_masked_conv
 from mest_compile.compiler.graph.result import Replacement, Rewritten, Skipped
-from mest_compile.compiler.target import resolve_target
 from mest_compile.compiler.graph.trace import Traced
+from mest_compile.compiler.runtime.compiled import device_forward_func
+from mest_compile.compiler.runtime.records import current_records
+from mest_compile.compiler.target import Target, as_target
+from mest_compile.compiler.target_families import TargetFamily
 from mest_compile.errors import MestError
 
 MODES = ("runtime", "constant")
 
 
-def is_gpu(target: tvm.target.Target) -> bool:
-    """Whether `target` needs GPU-scheduled kernels."""
-    return "gpu" in [str(k) for k in target.keys]
-
-
-def kernel_name(family: KernelFamily, geo: ConvGeometry, gpu: bool) -> str:
-    """A readable, unique PrimFunc name per (scheme, geometry, CPU or GPU)."""
-    # The registry's short name ("block"), not the long scheme name.
-    base = next((n for n in FAMILIES if FAMILIES.get(n) is family), family.scheme_name).replace("+", "_")
+def kernel_name(family: KernelFamily, geo: ConvGeometry, kind: TargetFamily) -> str:
+    """A readable, unique PrimFunc name per (scheme, geometry, target family); CPU kernels carry no suffix."""
     shape = f"c{geo.in_channels}h{geo.in_h}w{geo.in_w}_o{geo.out_channels}k{geo.kernel_h}x{geo.kernel_w}s{geo.stride}p{geo.padding}"
-    return f"{base}_fwd{'_gpu' if gpu else ''}_{shape}"
+    suffix = "" if kind.name == "cpu" else f"_{kind.name}"
+    return f"{family.name}_fwd{suffix}_{shape}"
 
 
 def _tensor_of(const: tvm.ir.GenericConst) -> torch.Tensor:
@@ -61,7 +58,7 @@ class _SparseConvRewriter(relax.PyExprMutator):
 
     def __init__(self, mod: tvm.IRModule, func: relax.Function, layers: Mapping[str, tuple[str, str]],
                  torch_name: Mapping[str, str], mask_names: Mapping[str, str], params: Mapping[str, torch.Tensor],
-                 known_weights: set[str], target: tvm.target.Target, mode: str) -> None:
+                 known_weights: set[str], target: Target, mode: str) -> None:
         super().__init__(mod)
         self.var2val = relax.analysis.get_var2val(func)
         self.conv_names = {b.value: b.var.name for blk in func.body.blocks for b in blk.bindings}
@@ -119,9 +116,8 @@ class _SparseConvRewriter(relax.PyExprMutator):
     def _kernel(self, family: KernelFamily, geo: ConvGeometry) -> tvm.ir.GlobalVar:
         key = (family.scheme_name, geo)
         if key not in self.kernels:
-            gpu = is_gpu(self.target)
-            func = family.device_forward_func(geo, self.target)
-            name = kernel_name(family, geo, gpu)
+            func = device_forward_func(family, geo, self.target, current_records())
+            name = kernel_name(family, geo, self.target.family)
             self.kernels[key] = self.builder_.add_func(func.with_attr("global_symbol", name), name)
         return self.kernels[key]
 
@@ -182,7 +178,7 @@ def rewrite(traced: Traced | tvm.IRModule, target: Any = "host", *, mode: str = 
     """
     if mode not in MODES:
         raise MestError(f"unknown rewrite mode {mode!r}; known: {', '.join(MODES)}")
-    tgt = resolve_target(target)
+    tgt = as_target(target)
     if isinstance(traced, tvm.IRModule):
         traced = Traced(module=traced, param_names={})
     func = traced.module["main"]
@@ -197,7 +193,7 @@ def rewrite(traced: Traced | tvm.IRModule, target: Any = "host", *, mode: str = 
     mutator = _SparseConvRewriter(traced.module, func, layers, torch_name, mask_names, values, known, tgt, mode)
     body = mutator.visit_expr(func.body)
     out, sources = _new_main(mutator, func, body, n_in, {r: layers[r][0] for r in layers}, torch_name)
-    return Rewritten(module=out, target=tgt, replaced=mutator.replaced, skipped=mutator.skipped, sources=sources)
+    return Rewritten(module=out, target=tgt.tvm, replaced=mutator.replaced, skipped=mutator.skipped, sources=sources)
 
 
 def _new_main(mutator: _SparseConvRewriter, func: relax.Function, body: relax.Expr, n_in: int,

@@ -13,9 +13,10 @@ from mest_compile.compiler.formats.geometry import ConvGeometry
 from mest_compile.compiler.inspect.codegen import Code, generate
 from mest_compile.compiler.inspect.stats import LayerStats, layer_stats, signature_text
 from mest_compile.compiler.inspect.subject import Subject
-from mest_compile.compiler.graph.rewrite import is_gpu, kernel_name, rewrite
+from mest_compile.compiler.graph.rewrite import kernel_name, rewrite
 from mest_compile.compiler.graph.result import Skipped
-from mest_compile.compiler.target import resolve_target
+from mest_compile.compiler.target import Target, as_target
+from mest_compile.compiler.target_families import family_of
 from mest_compile.compiler.graph.trace import model_tensors, trace
 from mest_compile.errors import MestError
 
@@ -58,7 +59,7 @@ def inspect_subject(subject: Subject, target: Any = "host", mode: str = "runtime
         MestError: unknown target, no masked conv in the graph, or no layer the scheme's kernels
             can take (the first reason).
     """
-    tgt = resolve_target(target)
+    tgt = as_target(target)
     traced = trace(subject.model, subject.example)
     rewritten = rewrite(traced, tgt, mode=mode)
     if not rewritten.replaced and not rewritten.skipped:
@@ -69,7 +70,7 @@ def inspect_subject(subject: Subject, target: Any = "host", mode: str = "runtime
     stats: list[LayerStats] = []
     for r in rewritten.replaced:
         func = rewritten.module[r.kernel]
-        view = kernels.get(r.kernel) or _view(r.kernel, r.scheme, r.geometry, func, tgt, None)
+        view = kernels.get(r.kernel) or _view(r.kernel, r.scheme, r.geometry, func, tgt.tvm, None)
         kernels[r.kernel] = view
         view.layers.append(r.layer)
         mask = tensors[r.mask_name] if r.mask_name is not None and r.mask_name in tensors else r.traced_mask
@@ -79,7 +80,7 @@ def inspect_subject(subject: Subject, target: Any = "host", mode: str = "runtime
         if found is None or s.geometry is None:
             continue
         name, func = found
-        view = kernels.get(name) or _view(name, s.scheme, s.geometry, func, tgt, f"{s.reason}: on this target the "
+        view = kernels.get(name) or _view(name, s.scheme, s.geometry, func, tgt.tvm, f"{s.reason}: on this target the "
                                           "layer stays a dense conv2d; the CPU kernel's TIR is shown")  # fmt: skip
         kernels[name] = view
         view.layers.append(s.layer)
@@ -88,7 +89,7 @@ def inspect_subject(subject: Subject, target: Any = "host", mode: str = "runtime
     if not kernels:
         raise MestError(f"no layer can use compiled kernels: {rewritten.skipped[0].reason}")
     return Inspection(
-        subject=subject.name, target_name=str(target) if isinstance(target, str) else tgt.kind.name, target=tgt,
+        subject=subject.name, target_name=str(target) if isinstance(target, str) else tgt.tvm.kind.name, target=tgt.tvm,
         before=traced.module["main"].script(), after=rewritten.module["main"].script(),
         rewrite_report=rewritten.report(), kernels=list(kernels.values()), stats=stats,
     )  # fmt: skip
@@ -103,18 +104,19 @@ def _view(name: str, scheme: str, geo: ConvGeometry, func: Any, tgt: tvm.target.
                       note=note)
 
 
-def _unscheduled(s: Skipped, tgt: tvm.target.Target) -> tuple[str, Any] | None:
-    """(name, CPU kernel) of a layer skipped only because its scheme has no GPU schedule."""
-    if not is_gpu(tgt) or s.geometry is None or not s.scheme:
+def _unscheduled(s: Skipped, tgt: Target) -> tuple[str, Any] | None:
+    """(name, CPU kernel) of a layer skipped only because its scheme has no forward kernel on `tgt`'s family."""
+    if s.geometry is None or not s.scheme:
         return None
+    cpu = family_of("cpu")
     try:
         family = family_for(s.scheme)
-        if family.supports(s.geometry) is not None:
+        if family.supports(s.geometry) is not None or tgt.family.unsupported(family, "forward") is None:
             return None
-        func = family.forward_func(s.geometry)
+        func = cpu.forward_func(family, s.geometry)
     except MestError:
         return None
-    return kernel_name(family, s.geometry, False), func
+    return kernel_name(family, s.geometry, cpu), func
 
 
 def _stats(layer: str, kernel: str, scheme: str, geo: ConvGeometry, tensors: dict[str, torch.Tensor],

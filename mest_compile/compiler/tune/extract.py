@@ -8,15 +8,15 @@ import torch
 from torch import nn
 
 from mest_compile.compiler.api import layer_inputs
-from mest_compile.compiler.backend import geometry_of
-from mest_compile.compiler.families.compiled import KERNELS
+from mest_compile.compiler.runtime.backend import geometry_of
+from mest_compile.compiler.phases import PHASES
 from mest_compile.compiler.formats.geometry import ConvGeometry
 from mest_compile.compiler.tune.workload import TuneKernel
 from mest_compile.sparsity.module import sparse_layers
 
 
 def model_kernels(model: nn.Module, example: torch.Tensor, scheme: str,
-                  which: Iterable[str] = KERNELS) -> list[TuneKernel]:
+                  which: Iterable[str] = PHASES) -> list[TuneKernel]:
     """One kernel per (distinct layer geometry, phase), tuned at the first such layer's sparsity.
 
     The batch size is `example`'s; every layer sharing a geometry shares the compiled kernels

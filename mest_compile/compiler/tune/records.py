@@ -5,24 +5,28 @@
 `manifest.json`, which says for every tuned kernel which template variant each workload is,
 the static shapes it was specialised to, and the untuned and best times. The best record's
 trace replays onto the same template with symbolic batch size and nonzeros
-(`families/compiled.replay`), so one tuning run serves every mask and batch of the layer.
+(`runtime/compiled.replay`), so one tuning run serves every mask and batch of the layer.
 
-`use_records(work_dir)` makes a work dir's records the ones every kernel build consults.
+Records are handed to builds, never looked up by them: `with TuningRecords(work_dir):` puts a work
+dir's records in effect for the builds inside the block (MetaSchedule's `with database:`), and
+`use_records(work_dir)` for the rest of the process (a training run).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import threading
 import warnings
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from mest_compile.compiler.families import KernelFamily, family_for
-from mest_compile.compiler.families.compiled import KERNELS
 from mest_compile.compiler.formats.geometry import ConvGeometry
-from mest_compile.compiler.target import resolve_target
+from mest_compile.compiler.phases import PHASES
+from mest_compile.compiler.runtime import records as runtime_records
+from mest_compile.compiler.target import Target
+from mest_compile.compiler.tune.workload import TuneKernel, workload
 from mest_compile.errors import MestError
 from mest_compile.io import atomic_write_text
 
@@ -114,7 +118,16 @@ class TuningRecords:
         self.manifest = manifest
         self.target: str = str(manifest["target"])
         self.database = open_database(self.work_dir)
+        self.key = str(self.work_dir.resolve())
         self._warned: set[str] = set()
+        self._tokens: list[Any] = []
+
+    def __enter__(self) -> TuningRecords:
+        self._tokens.append(runtime_records.push(self))
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        runtime_records.pop(self._tokens.pop())
 
     def entries(self, family: KernelFamily, geometry: ConvGeometry) -> dict[str, dict[str, Any]]:
         """Manifest entries with a best record for `geometry`'s kernels of `family`, by kernel."""
@@ -131,22 +144,18 @@ class TuningRecords:
                 out[entry["which"]] = entry
         return out
 
-    def choice(self, family: KernelFamily, geometry: ConvGeometry, target: Any) -> tuple[Any, dict[str, Any]]:
+    def choice(self, family: KernelFamily, geometry: ConvGeometry, target: Target) -> tuple[Any, dict[str, Any]]:
         """The tiles and traces tuned for `geometry` on `target`: `(None, {})` if there are none."""
-        from mest_compile.compiler.families import is_gpu_target
-        from mest_compile.compiler.tune.workload import TuneKernel, workload
-
-        tgt = resolve_target(target)
         entries = self.entries(family, geometry)
         if not entries:
             return None, {}
-        if str(tgt) != self.target:
-            self._warn_once(f"target:{tgt}", f"tuning records in {self.work_dir} are for {self.target}, these kernels "
-                            f"are built for {tgt}: using the hand-written schedules")
+        if target.key != self.target:
+            self._warn_once(f"target:{target.key}", f"tuning records in {self.work_dir} are for {self.target}, these "
+                            f"kernels are built for {target.key}: using the hand-written schedules")
             return None, {}
-        tiles = family.default_tiles(geometry, tgt)
+        tiles = family.default_tiles(geometry, target)
         traces: dict[str, Any] = {}
-        for which in KERNELS:
+        for which in PHASES:
             entry = entries.get(which)
             if entry is None:
                 continue
@@ -154,7 +163,7 @@ class TuningRecords:
             chosen = dataclasses.replace(tiles, **best["tiles"])
             kernel = TuneKernel(entry["scheme"], geometry, which, int(entry["batch"]), float(entry["sparsity"]))
             shapes = [(tuple(s), d) for s, d in best["shapes"]]
-            mod = workload(family, kernel, chosen, shapes, int(best["flops"]), is_gpu_target(tgt))
+            mod = workload(family, kernel, chosen, shapes, int(best["flops"]), target.family)
             record = self._best_record(mod)
             if record is None:
                 self._warn_once(f"stale:{entry['name']}", f"the tuning record of {entry['name']} in {self.work_dir} does "
@@ -177,34 +186,14 @@ class TuningRecords:
             warnings.warn(message, stacklevel=4)
 
 
-_ACTIVE: TuningRecords | None = None
-_LOCK = threading.Lock()
-
-
 def use_records(work_dir: str | Path | None) -> TuningRecords | None:
-    """Make `work_dir`'s records the ones kernel builds replay (None: hand-written schedules only).
+    """Put `work_dir`'s records in effect for the rest of the process (None: hand-written schedules only).
 
-    Kernels already compiled in this process are forgotten, so the next use rebuilds them.
+    Kernels already compiled keep their schedules: builds are cached per records.
 
     Raises:
         MestError: the work dir has no readable manifest and database.
     """
-    global _ACTIVE
-    from mest_compile.compiler.build import clear_cache
-
     records = TuningRecords(work_dir) if work_dir is not None else None
-    with _LOCK:
-        _ACTIVE = records
-    clear_cache()
+    runtime_records.install(records)
     return records
-
-
-def active_records() -> TuningRecords | None:
-    """The records kernel builds consult now."""
-    return _ACTIVE
-
-
-def tuned_choice(family: KernelFamily, geometry: ConvGeometry, target: Any) -> tuple[Any, dict[str, Any]]:
-    """Tiles and traces of the active records for this build, `(None, {})` without records."""
-    records = _ACTIVE
-    return records.choice(family, geometry, target) if records is not None else (None, {})

@@ -1,7 +1,8 @@
 """One tuning run: MetaSchedule searches every kernel's variants and design spaces, measured on the target.
 
 Per kernel, every template variant is a MetaSchedule task whose design spaces are the loop-level
-schedules of `schedules/host_space.py` (CPU targets) or `schedules/gpu.py` (GPU targets); the
+schedules the target's family gives (`compiler/target_families/`: `schedules/host_space.py` on
+CPUs, `schedules/gpu.py` on GPUs); the
 gradient task scheduler spreads the trials over the tasks and one XGBoost cost model, trained on
 every measurement, ranks the candidates. After the search, each kernel's hand-written schedule
 and its best records are measured again, alternately, through the same builder and runner
@@ -30,10 +31,8 @@ from tvm import s_tir
 from tvm.s_tir import meta_schedule as ms
 
 from mest_compile.compiler.families import KernelFamily, family_for
-from mest_compile.compiler.presets import Preset
-from mest_compile.schedules.gpu import DEFAULT_THREADS, bind_block, gpu_spaces
-from mest_compile.schedules.host_space import Space, as_generator, spaces
-from mest_compile.compiler.target import resolve_target
+from mest_compile.compiler.target import Target
+from mest_compile.schedules.host_space import Space, as_generator
 from mest_compile.compiler.tune import measure
 from mest_compile.compiler.tune.measurements import MEASUREMENTS, MeasureOptions
 from mest_compile.compiler.tune.records import (
@@ -61,7 +60,7 @@ class TuneOptions:
 
     work_dir: Path
     trials: int  # the records' total over all kernels of the run: a re-run only adds what is missing
-    variants: int = 8  # template variants per kernel (CPU targets; GPU kernels have one template)
+    variants: int = 8  # template variants per kernel (where the target family searches them: CPUs)
     seed: int = 0
     measure: MeasureOptions = field(default_factory=MeasureOptions)
 
@@ -117,12 +116,14 @@ def _median(seconds: Any) -> float:
 class Tuner:
     """Tunes a list of kernels on one target into one work dir (resumable)."""
 
-    def __init__(self, preset: Preset, options: TuneOptions, progress: ProgressFn | None = None) -> None:
+    def __init__(self, target: Target, options: TuneOptions, progress: ProgressFn | None = None) -> None:
+        preset = target.preset
         self.measurement = MEASUREMENTS.get(preset.measure)
         self.measurement.check(preset, options.measure)
         self.preset = preset
-        self.target = resolve_target(preset.name)
-        self.gpu = preset.family == "gpu"
+        self.where = target
+        self.target = target.tvm
+        self.kind = target.family
         self.options = options
         self.progress = progress or (lambda line: None)
         self.work_dir = options.work_dir
@@ -137,22 +138,18 @@ class Tuner:
 
     # ---- what is searched ---------------------------------------------------------------------
     def _spaces(self, v: _Variant) -> list[Space]:
-        if self.gpu:
-            return gpu_spaces("conv", int(self.target.attrs.get("max_num_threads", DEFAULT_THREADS)))
-        return spaces(v.module["main"], v.kernel.which)
+        return self.kind.spaces(v.module["main"], v.kernel.which, self.where)
 
     def _default(self, v: _Variant) -> s_tir.Schedule:
         """The hand-written schedule of `v`, traced (what training and export use untuned)."""
         sch = s_tir.Schedule(v.module)
-        if self.gpu:
-            bind_block(sch, "conv", DEFAULT_THREADS)
-        else:
-            spaces(v.module["main"], v.kernel.which)[0](sch)
+        self.kind.default_schedule(sch, v.kernel.which)
         return sch
 
     def _variants(self, family: KernelFamily, kernel: TuneKernel) -> list[_Variant]:
-        default = family.default_tiles(kernel.geometry, self.target)
-        choices = [default] if self.gpu else variants(family, kernel, default, self.options.variants)
+        default = family.default_tiles(kernel.geometry, self.where)
+        searched = self.kind.searches_variants
+        choices = variants(family, kernel, default, self.options.variants) if searched else [default]
         out = []
         for tiles in choices:
             data = inputs(family, kernel, tiles, seed=self.options.seed)
@@ -160,7 +157,7 @@ class Tuner:
             # The inputs proper: the last argument is the output, whose contents do not matter.
             digest = hashlib.sha1(b"".join(a.contiguous().numpy().tobytes() for a in data.args[:-1])).hexdigest()
             path = data.save(self.inputs_dir / f"{kernel.name}-{digest[:12]}.npz")
-            module = workload(family, kernel, tiles, shapes, data.flops, self.gpu)
+            module = workload(family, kernel, tiles, shapes, data.flops, self.kind)
             out.append(_Variant(kernel, tiles, module, shapes, str(path),
                                 measure.signature([(d, s) for s, d in shapes]), digest, data.flops))
         return out
@@ -170,9 +167,7 @@ class Tuner:
         families: dict[str, KernelFamily] = {}
         for kernel in kernels:
             family = families.setdefault(kernel.scheme, family_for(kernel.scheme))
-            reason = family.supports(kernel.geometry)
-            if reason is None and self.gpu and kernel.which != "forward":
-                reason = "GPU targets compile the forward kernel only (training runs on the host)"
+            reason = family.supports(kernel.geometry) or self._unsupported(family, kernel)
             if reason is not None:
                 self.progress(f"  skipping {kernel.name}: {reason}")
                 continue
@@ -180,6 +175,9 @@ class Tuner:
         if not by_kernel:
             raise MestError("nothing to tune: none of the kernels can be compiled for this target")
         return by_kernel, families
+
+    def _unsupported(self, family: KernelFamily, kernel: TuneKernel) -> str | None:
+        return self.kind.untunable(kernel.which) or self.kind.unsupported(family, kernel.which)
 
     @staticmethod
     def _rounds(all_variants: list[_Variant]) -> list[list[_Variant]]:
@@ -349,7 +347,8 @@ class Tuner:
             family = families[kernel.scheme]
             entry = self._entry(kernel)
             timed = [self._best(v) for v in vs]
-            entry["variants"] = [{"tiles": {} if self.gpu else kernel_fields(family, kernel, v.tiles), "flops": v.flops,
+            entry["variants"] = [{"tiles": kernel_fields(family, kernel, v.tiles) if self.kind.searches_variants else {},
+                                  "flops": v.flops,
                                   "shapes": [[list(s), d] for s, d in v.shapes]} for v in vs]
             if "trace" not in entry:  # not re-measured (every measurement failed): the records' best
                 ranked = sorted((t, i) for i, (t, _) in enumerate(timed) if t is not None)
@@ -381,11 +380,11 @@ class _Progress:
         self.emit(f"[{min(self.count, self.total)}/{self.total}] {kernel}: {shown}")
 
 
-def tune_kernels(preset: Preset, kernels: list[TuneKernel], options: TuneOptions,
+def tune_kernels(target: Target, kernels: list[TuneKernel], options: TuneOptions,
                  progress: ProgressFn | None = None) -> list[KernelResult]:
-    """Tune `kernels` for `preset` into `options.work_dir` (see `Tuner`)."""
+    """Tune `kernels` for `target` into `options.work_dir` (see `Tuner`)."""
     start = time.perf_counter()
-    rows = Tuner(preset, options, progress).tune(kernels)
+    rows = Tuner(target, options, progress).tune(kernels)
     if progress is not None:
         progress(f"tuned in {time.perf_counter() - start:.0f} s")
     return rows

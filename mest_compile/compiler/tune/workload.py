@@ -23,7 +23,8 @@ from tvm import tirx
 
 from mest_compile.compiler.families import KernelFamily
 from mest_compile.compiler.formats.geometry import ConvGeometry
-from mest_compile.compiler.gate import reference
+from mest_compile.compiler.runtime.gate import reference
+from mest_compile.compiler.target_families import TargetFamily
 from mest_compile.sparsity.schemes import mask_for
 
 #: An argument's static shape and dtype, as the manifest stores it.
@@ -79,21 +80,14 @@ def specialise(func: tirx.PrimFunc, shapes: list[Shape]) -> tirx.PrimFunc:
     return func.specialize(binds)
 
 
-def template(family: KernelFamily, kernel: TuneKernel, tiles: Any, gpu: bool) -> tirx.PrimFunc:
-    """The unscheduled kernel: the host template for `tiles`, or the GPU forward kernel."""
-    if gpu:
-        return family.gpu_template(kernel.geometry)
-    return family.template(kernel.geometry, kernel.which, tiles)
-
-
 def workload(family: KernelFamily, kernel: TuneKernel, tiles: Any, shapes: list[Shape], flops: int,
-             gpu: bool = False) -> tvm.IRModule:
+             kind: TargetFamily) -> tvm.IRModule:
     """The MetaSchedule workload of one variant: its template with static shapes, as `main`.
 
     `flops` (the useful multiply-adds x 2) is attached as `estimated_flops`: TVM cannot count
     the FLOPs of a data-dependent loop (and its counter aborts on vector shuffles).
     """
-    func = specialise(template(family, kernel, tiles, gpu), shapes)
+    func = specialise(kind.template(family, kernel.geometry, kernel.which, tiles), shapes)
     func = func.with_attr("global_symbol", "main").with_attr("estimated_flops", int(flops))
     return tvm.IRModule({"main": func})
 

@@ -1,7 +1,7 @@
 """Correctness gate: a newly built kernel set must match PyTorch on random data before first use.
 
 TVM can miscompile data-dependent loops silently (TVM_NOTES §3, §8), so every kernel set runs,
-through the family's differentiable op, on a random legal mask with an empty unit, an odd batch
+through the differentiable torch op, on a random legal mask with an empty unit, an odd batch
 size and random data, and is compared with `reference`: `F.conv2d(x, weight * mask)` and its
 gradients (the weight gradient restricted to the mask), the one masked-dense oracle of the compiler
 side (the tuner's numeric check and the benchmarks use it too).
@@ -16,8 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch.nn.grad import conv2d_input, conv2d_weight
 
-from mest_compile.compiler.families import KernelFamily, KernelSet, PackedFormat
+from mest_compile.compiler.families import KernelSet, PackedFormat
+from mest_compile.compiler.phases import PHASES
+from mest_compile.compiler.runtime.ops import packed_conv2d
 from mest_compile.errors import MestError
+
+
+class KernelGateError(MestError):
+    """A compiled kernel disagreed with PyTorch on random data; it is never used."""
 
 # float32 sums of a few hundred products: errors far below this are rounding, above are bugs.
 _RTOL = 1e-4
@@ -28,8 +34,6 @@ _DENSE: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None, int
     "dgrad": lambda x, w, dy, stride, padding: conv2d_input(x.shape, w, dy, stride=stride, padding=padding),
     "wgrad": lambda x, w, dy, stride, padding: conv2d_weight(x, w.shape, dy, stride=stride, padding=padding),
 }
-#: The three kernels of a layer, in training order.
-PHASES = tuple(_DENSE)
 
 
 def dense_phase(which: str, x: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor | None, stride: int,
@@ -57,12 +61,13 @@ def reference(which: str, x: torch.Tensor, weight: torch.Tensor, mask: torch.Ten
     return result * mask if which == "wgrad" else result
 
 
-def phase_errors(family: KernelFamily, kernels: KernelSet, fmt: PackedFormat, x: torch.Tensor, weight: torch.Tensor,
+def phase_errors(kernels: KernelSet, fmt: PackedFormat, x: torch.Tensor, weight: torch.Tensor,
                  mask: torch.Tensor, dy: torch.Tensor) -> dict[str, float]:
-    """Relative max error of `family.conv` (run through autograd, as training does) against `reference`, per phase."""
+    """Relative max error of the torch op on `kernels` (run through autograd, as training does) against
+    `reference`, per phase."""
     geo = fmt.geometry
     xs, ws = x.clone().requires_grad_(True), weight.clone().requires_grad_(True)
-    y = family.conv(xs, ws, fmt, kernels)
+    y = packed_conv2d(xs, ws, fmt, kernels)
     y.backward(dy)
     assert xs.grad is not None and ws.grad is not None
     got = {"forward": y.detach(), "dgrad": xs.grad, "wgrad": ws.grad}
@@ -78,14 +83,13 @@ def relative_error(got: torch.Tensor, ref: torch.Tensor) -> float:
     return float((got - ref).abs().max()) / scale
 
 
-def check_family(family: KernelFamily, kernels: KernelSet, batch: int = 3, seed: int = 0) -> dict[str, float]:
+def check_kernels(kernels: KernelSet, batch: int = 3, seed: int = 0) -> dict[str, float]:
     """Run `kernels` against PyTorch; raise `KernelGateError` naming the worst kernel.
 
     Returns:
         The relative max error of forward, dgrad and wgrad (also stored on `kernels.gate_errors`).
     """
-    from mest_compile.compiler.build import KernelGateError
-
+    family = kernels.family
     start = time.perf_counter()
     geo = kernels.geometry
     gen = torch.Generator().manual_seed(seed)
@@ -93,23 +97,17 @@ def check_family(family: KernelFamily, kernels: KernelSet, batch: int = 3, seed:
     w = torch.randn(geo.out_channels, geo.in_channels, geo.kernel_h, geo.kernel_w, generator=gen)
     mask = family.random_mask(tuple(w.shape), gen)
     # Headroom in the buffers: the kernels must read only the first nnz entries.
-    fmt = family.pack(kernels, mask, capacity=family.units(mask) + 7)
+    fmt = kernels.pack(mask, capacity=family.units(mask) + 7)
     dy = torch.randn(batch, geo.out_channels, geo.out_h, geo.out_w, generator=gen)
 
-    errors = phase_errors(family, kernels, fmt, x, w, mask, dy)
+    errors = phase_errors(kernels, fmt, x, w, mask, dy)
     # Kept on the kernel set for reports (`inspect`, the benchmark).
-    setattr(kernels, "gate_errors", errors)
-    setattr(kernels, "gate_seconds", time.perf_counter() - start)
+    kernels.gate_errors = errors
+    kernels.gate_seconds = time.perf_counter() - start
     bad = {k: v for k, v in errors.items() if not v <= _RTOL}  # `not <=` also catches NaN
     if bad:
         raise KernelGateError(
-            f"compiled {family_key_of(family)} kernels for {geo} on {kernels.target} failed the correctness "
+            f"compiled {family.scheme_name} kernels for {geo} on {kernels.target} failed the correctness "
             f"gate (relative max error {bad}, tolerance {_RTOL}); they will not be used"
         )
     return errors
-
-
-def family_key_of(family: KernelFamily) -> str:
-    from mest_compile.compiler.build import family_key
-
-    return family_key(family)

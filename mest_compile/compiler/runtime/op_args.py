@@ -8,7 +8,6 @@ import torch
 from torch import Tensor
 
 from mest_compile.compiler.formats.geometry import ConvGeometry
-from mest_compile.errors import MestError
 
 
 def geometry_list(geo: ConvGeometry) -> list[int]:
@@ -25,17 +24,6 @@ def geometry_from(values: list[int]) -> ConvGeometry:
 @cache
 def _geometry(*values: int) -> ConvGeometry:
     return ConvGeometry(*values)  # cached: its checks cost 1.5 us, five times per layer call
-
-
-def check_packing(packed: tuple[int, ...], expected: tuple[int, ...], what: str) -> None:
-    """Fail unless a format was packed with the blocking its kernels read (`what` names it).
-
-    Raises:
-        MestError: the format came from other kernels' `pack` (or a default one).
-    """
-    if tuple(packed) != tuple(expected):
-        raise MestError(f"format packed with {what} {tuple(packed)}, the kernels expect {tuple(expected)}: "
-                        f"pack it with `kernels.pack(mask)`")
 
 
 def row_major(t: Tensor) -> Tensor:

@@ -1,10 +1,11 @@
 """One set of PyTorch ops for every family's compiled kernels, differentiable, eager and compiled.
 
-`mest::packed_conv2d(x, values, forward_buffers, dgrad_buffers, wgrad_buffers, scheme, geometry,
-target)` runs the forward kernel of `scheme`'s family; its autograd runs
+`mest::packed_conv2d(x, values, forward_buffers, dgrad_buffers, wgrad_buffers, kernels, geometry)`
+runs the forward kernel of the kernel set registered as `kernels`; its autograd runs
 `mest::packed_conv2d_dgrad` and `mest::packed_conv2d_wgrad`. Each kernel takes its index buffers
-in its own order, so a family's `conv` passes three lists (`KernelBuffers`) and the ops need no
-per-family code. `values` are the packed kept weights (`fmt.values(weight)`), so the dense weight
+in its own order (the family's `buffers` table), so the ops take three lists and need no
+per-family code. An op schema carries only strings and integer lists, so kernel sets are found
+by a handle (`register`): one dict lookup per call, no build cache, no lock. `values` are the packed kept weights (`fmt.values(weight)`), so the dense weight
 gets its gradient through that gather: exactly zero outside the mask. Tensors go to TVM zero-copy
 (DLPack).
 
@@ -18,47 +19,37 @@ fake tensors and `torch.library.opcheck` work as with custom_op.
 
 from __future__ import annotations
 
-from functools import cache
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from mest_compile.compiler.build import kernels_for
-from mest_compile.compiler.families import KernelFamily, KernelSet, family_for
-from mest_compile.compiler.families.op_args import (
-    geometry_from,
-    geometry_list,
-    row_major,
-)
+from mest_compile.compiler.families import KernelSet, PackedFormat
+from mest_compile.compiler.runtime.op_args import geometry_from, geometry_list, row_major
+from mest_compile.errors import MestError
 
 _LIB = torch.library.Library("mest", "DEF")
 _LIB.define(
     "packed_conv2d(Tensor x, Tensor values, Tensor[] forward_buffers, Tensor[] dgrad_buffers, "
-    "Tensor[] wgrad_buffers, str scheme, int[] geometry, str target) -> Tensor"
+    "Tensor[] wgrad_buffers, str kernels, int[] geometry) -> Tensor"
 )
-_LIB.define("packed_conv2d_dgrad(Tensor dy, Tensor values, Tensor[] buffers, str scheme, int[] geometry, str target) -> Tensor")
-_LIB.define(
-    "packed_conv2d_wgrad(Tensor x, Tensor dy, Tensor values, Tensor[] buffers, str scheme, int[] geometry, str target) "
-    "-> Tensor"
-)
+_LIB.define("packed_conv2d_dgrad(Tensor dy, Tensor values, Tensor[] buffers, str kernels, int[] geometry) -> Tensor")
+_LIB.define("packed_conv2d_wgrad(Tensor x, Tensor dy, Tensor values, Tensor[] buffers, str kernels, int[] geometry) -> Tensor")
+
+#: Every compiled kernel set of the process, by handle.
+_KERNELS: dict[str, Any] = {}
 
 
-class KernelBuffers(NamedTuple):
-    """A packed format's index buffers as each kernel takes them (after `x`/`dy` and `values`)."""
-
-    forward: list[Tensor]
-    dgrad: list[Tensor]
-    wgrad: list[Tensor]
+def register(handle: str, kernels: KernelSet) -> None:
+    """Make `kernels` callable from the ops as `handle` (done once, when they are compiled)."""
+    _KERNELS[handle] = kernels
 
 
-@cache
-def _family(scheme: str) -> KernelFamily:
-    return family_for(scheme)  # ~10 us uncached (scheme registry, import check), once per op call
-
-
-def _kernels(scheme: str, geometry: list[int], target: str) -> Any:
-    return kernels_for(_family(scheme), geometry_from(geometry), target)
+def _kernels(handle: str) -> Any:
+    try:
+        return _KERNELS[handle]
+    except KeyError:
+        raise MestError(f"no compiled kernels {handle!r} in this process") from None
 
 
 def _y_shape(x: Tensor, geometry: list[int]) -> tuple[int, ...]:
@@ -73,22 +64,21 @@ def _dx_shape(dy: Tensor, geometry: list[int]) -> tuple[int, ...]:
 
 # ---- kernels (any backend) and fake kernels (shapes only, for torch.compile) -------------------
 def _forward(x: Tensor, values: Tensor, forward_buffers: list[Tensor], dgrad_buffers: list[Tensor],
-             wgrad_buffers: list[Tensor], scheme: str, geometry: list[int], target: str) -> Tensor:
+             wgrad_buffers: list[Tensor], kernels: str, geometry: list[int]) -> Tensor:
     y = x.new_empty(_y_shape(x, geometry))
-    _kernels(scheme, geometry, target).forward(row_major(x), row_major(values), *forward_buffers, y)
+    _kernels(kernels).forward(row_major(x), row_major(values), *forward_buffers, y)
     return y
 
 
-def _dgrad(dy: Tensor, values: Tensor, buffers: list[Tensor], scheme: str, geometry: list[int], target: str) -> Tensor:
+def _dgrad(dy: Tensor, values: Tensor, buffers: list[Tensor], kernels: str, geometry: list[int]) -> Tensor:
     dx = dy.new_empty(_dx_shape(dy, geometry))
-    _kernels(scheme, geometry, target).dgrad(row_major(dy), row_major(values), *buffers, dx)
+    _kernels(kernels).dgrad(row_major(dy), row_major(values), *buffers, dx)
     return dx
 
 
-def _wgrad(x: Tensor, dy: Tensor, values: Tensor, buffers: list[Tensor], scheme: str, geometry: list[int],
-           target: str) -> Tensor:
+def _wgrad(x: Tensor, dy: Tensor, values: Tensor, buffers: list[Tensor], kernels: str, geometry: list[int]) -> Tensor:
     dv = torch.empty_like(values, memory_format=torch.contiguous_format)
-    _kernels(scheme, geometry, target).wgrad(row_major(x), row_major(dy), *buffers, dv)
+    _kernels(kernels).wgrad(row_major(x), row_major(dy), *buffers, dv)
     return dv
 
 
@@ -99,18 +89,17 @@ _LIB.impl("packed_conv2d_wgrad", _wgrad, "CompositeExplicitAutograd")
 
 @torch.library.register_fake("mest::packed_conv2d", lib=_LIB)
 def _(x: Tensor, values: Tensor, forward_buffers: list[Tensor], dgrad_buffers: list[Tensor],
-      wgrad_buffers: list[Tensor], scheme: str, geometry: list[int], target: str) -> Tensor:
+      wgrad_buffers: list[Tensor], kernels: str, geometry: list[int]) -> Tensor:
     return x.new_empty(_y_shape(x, geometry))
 
 
 @torch.library.register_fake("mest::packed_conv2d_dgrad", lib=_LIB)
-def _(dy: Tensor, values: Tensor, buffers: list[Tensor], scheme: str, geometry: list[int], target: str) -> Tensor:
+def _(dy: Tensor, values: Tensor, buffers: list[Tensor], kernels: str, geometry: list[int]) -> Tensor:
     return dy.new_empty(_dx_shape(dy, geometry))
 
 
 @torch.library.register_fake("mest::packed_conv2d_wgrad", lib=_LIB)
-def _(x: Tensor, dy: Tensor, values: Tensor, buffers: list[Tensor], scheme: str, geometry: list[int],
-      target: str) -> Tensor:
+def _(x: Tensor, dy: Tensor, values: Tensor, buffers: list[Tensor], kernels: str, geometry: list[int]) -> Tensor:
     return torch.empty_like(values, memory_format=torch.contiguous_format)
 
 
@@ -125,11 +114,11 @@ class _PackedConv2d(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, values: Tensor, forward_buffers: list[Tensor], dgrad_buffers: list[Tensor],
-                wgrad_buffers: list[Tensor], scheme: str, geometry: list[int], target: str) -> Tensor:
+                wgrad_buffers: list[Tensor], kernels: str, geometry: list[int]) -> Tensor:
         ctx.save_for_backward(x, values, *dgrad_buffers, *wgrad_buffers)
-        ctx.split, ctx.key = len(dgrad_buffers), (scheme, geometry, target)
+        ctx.split, ctx.key = len(dgrad_buffers), (kernels, geometry)
         with torch._C._AutoDispatchBelowAutograd():  # the op's own kernels, not this function again
-            return PACKED_CONV2D(x, values, forward_buffers, dgrad_buffers, wgrad_buffers, scheme, geometry, target)
+            return PACKED_CONV2D(x, values, forward_buffers, dgrad_buffers, wgrad_buffers, kernels, geometry)
 
     @staticmethod
     def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
@@ -137,18 +126,22 @@ class _PackedConv2d(torch.autograd.Function):
         dgrad_buffers, wgrad_buffers = buffers[: ctx.split], buffers[ctx.split :]
         dx = PACKED_CONV2D_DGRAD(dy, values, dgrad_buffers, *ctx.key) if ctx.needs_input_grad[0] else None
         dv = PACKED_CONV2D_WGRAD(x, dy, values, wgrad_buffers, *ctx.key) if ctx.needs_input_grad[1] else None
-        return dx, dv, None, None, None, None, None, None
+        return dx, dv, None, None, None, None, None
 
 
 _LIB.impl("packed_conv2d", _PackedConv2d.apply, "Autograd")
 
 
-def packed_conv2d(x: Tensor, values: Tensor, buffers: KernelBuffers, family: KernelFamily, kernels: KernelSet) -> Tensor:
-    """`conv2d(x, weight * mask)` from the packed `values` of `weight` (no bias), through `kernels`.
+def packed_conv2d(x: Tensor, weight: Tensor, fmt: PackedFormat, kernels: KernelSet) -> Tensor:
+    """`conv2d(x, weight * mask)` (no bias) through `kernels`, for the mask packed in `fmt`.
+
+    Differentiable in `x` and `weight`: `weight` reaches the kernels as `fmt.values(weight)`, whose
+    gather gives the dense weight its gradient, exactly zero outside the mask.
 
     Example:
-        >>> buffers = KernelBuffers([fmt.group_ptr, fmt.x_off], [fmt.dx_ptr, fmt.dx_blk, fmt.dx_off],
-        ...                         [fmt.group_ptr, fmt.x_off])  # doctest: +SKIP
-        >>> y = packed_conv2d(x, fmt.values(w), buffers, BLOCK, kernels)  # doctest: +SKIP
+        >>> y = packed_conv2d(x, w, kernels.pack(mask), kernels)  # doctest: +SKIP
     """
-    return PACKED_CONV2D(x, values, *buffers, family.scheme_name, geometry_list(kernels.geometry), kernels.target)
+    family = kernels.family
+    family.check_packing(fmt, kernels.tiles)
+    forward, dgrad, wgrad = (family.phase_buffers(which, fmt) for which in ("forward", "dgrad", "wgrad"))
+    return PACKED_CONV2D(x, fmt.values(weight), forward, dgrad, wgrad, kernels.handle, geometry_list(kernels.geometry))

@@ -15,15 +15,14 @@ from typing import Any
 
 import torch
 
-from mest_compile.compiler.backend import geometry_of
 from mest_compile.compiler.devices.opencl import Context
 from mest_compile.compiler.devices.opencl_tvm import OpenCLFunction, compile_opencl
 from mest_compile.compiler.families import KernelFamily, PackedFormat
 from mest_compile.compiler.formats.geometry import ConvGeometry
+from mest_compile.compiler.phases import PHASES
+from mest_compile.compiler.runtime.backend import geometry_of
 from mest_compile.schedules.gpu import bind_spatial
 from mest_compile.sparsity.module import SparseConv2d
-
-KERNELS = ("forward", "dgrad", "wgrad")
 
 
 class OpenCLConvBackend:
@@ -45,9 +44,9 @@ class OpenCLConvBackend:
         """The compiled kernels of `geometry` (built on first use)."""
         if geometry not in self._functions:
             self._functions[geometry] = {
-                which: compile_opencl(bind_spatial(self.family.gpu_template(geometry, which), ("conv",)), self.preset,
+                which: compile_opencl(bind_spatial(self.family.gpu_templates[which](geometry), ("conv",)), self.preset,
                                       self.context)
-                for which in KERNELS
+                for which in PHASES
             }
         return self._functions[geometry]
 

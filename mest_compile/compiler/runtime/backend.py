@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import torch
 
-from mest_compile.compiler.build import KernelGateError, kernels_for
-from mest_compile.compiler.families import KernelFamily, KernelSet, PackedFormat
+from mest_compile.compiler.families import KernelFamily, PackedFormat
 from mest_compile.compiler.formats.geometry import ConvGeometry
-from mest_compile.compiler.policy import RecompilePolicy
+from mest_compile.compiler.runtime.cache import CACHE, KernelCache
+from mest_compile.compiler.runtime.compiled import CompiledKernels
+from mest_compile.compiler.runtime.gate import KernelGateError
+from mest_compile.compiler.runtime.policy import RecompilePolicy
+from mest_compile.compiler.runtime.records import TunedChoices, current_records
+from mest_compile.compiler.target import Target
 from mest_compile.errors import MestError
 from mest_compile.sparsity.module import SparseConv2d
 
@@ -46,11 +49,18 @@ def geometry_of(module: SparseConv2d, x_shape: tuple[int, ...]) -> ConvGeometry:
 
 
 class CompiledConvBackend:
-    """Compiled forward/backward for one `SparseConv2d` (any batch size)."""
+    """Compiled forward/backward for one `SparseConv2d` (any batch size).
 
-    def __init__(self, family: KernelFamily, target: Any = "host", policy: RecompilePolicy | None = None) -> None:
+    The tuning records in effect when the backend is made are the ones its kernels are built with,
+    whenever that happens (the first call, or a new input size).
+    """
+
+    def __init__(self, family: KernelFamily, target: Target, policy: RecompilePolicy | None = None,
+                 cache: KernelCache | None = None) -> None:
         self.family = family
         self.target = target
+        self.records: TunedChoices | None = current_records()
+        self.cache = cache if cache is not None else CACHE
         self.policy = policy or RecompilePolicy()
         self.stats = BackendStats()
         self.failure: str | None = None
@@ -58,7 +68,15 @@ class CompiledConvBackend:
         self._built_signature: tuple = ()
         self._version = -1
 
-    def _format(self, module: SparseConv2d, kernels: KernelSet) -> PackedFormat:
+    def kernels(self, geometry: ConvGeometry) -> CompiledKernels:
+        """The gated kernels of `geometry` (built on first use).
+
+        Raises:
+            KernelGateError: they failed the correctness gate.
+        """
+        return self.cache.kernels_for(self.family, geometry, self.target, self.records)
+
+    def _format(self, module: SparseConv2d, kernels: CompiledKernels) -> PackedFormat:
         fmt = self._fmt
         if fmt is None or fmt.geometry != kernels.geometry:
             self._rebuild(module, kernels)
@@ -78,25 +96,25 @@ class CompiledConvBackend:
         assert self._fmt is not None
         return self._fmt
 
-    def _rebuild(self, module: SparseConv2d, kernels: KernelSet) -> None:
+    def _rebuild(self, module: SparseConv2d, kernels: CompiledKernels) -> None:
         if self._fmt is not None:
             self.stats.rebuilds += 1
         units = self.family.units(module.mask)
-        self._fmt = self.family.pack(kernels, module.mask, capacity=self.policy.capacity(units))
+        self._fmt = kernels.pack(module.mask, capacity=self.policy.capacity(units))
         self._built_signature = self._fmt.signature()
 
     def __call__(self, module: SparseConv2d, x: torch.Tensor) -> torch.Tensor:
         geometry = geometry_of(module, tuple(x.shape))
         if self.failure is None:
             try:
-                kernels = kernels_for(self.family, geometry, self.target)
+                kernels = self.kernels(geometry)
             except KernelGateError as err:
                 self.failure = str(err)
                 warnings.warn(f"{err}; this layer uses the masked dense conv", stacklevel=2)
         if self.failure is not None:
             self.stats.dense_calls += 1
             return module._conv_forward(x, module.weight * module.mask, module.bias)
-        y = self.family.conv(x, module.weight, self._format(module, kernels), kernels)
+        y = kernels.conv(x, module.weight, self._format(module, kernels))
         if module.bias is not None:
             y = y + module.bias[None, :, None, None]
         return y

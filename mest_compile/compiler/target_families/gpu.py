@@ -1,0 +1,54 @@
+"""GPU targets (OpenCL on Mali / Adreno, CUDA): the families' GPU kernels, bound to work groups."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import tvm
+from tvm import s_tir, tirx
+
+from mest_compile.compiler.phases import PHASES
+from mest_compile.compiler.target_families import TARGET_FAMILIES, TargetFamily
+from mest_compile.errors import MestError
+from mest_compile.schedules.gpu import DEFAULT_THREADS, bind_block, bind_spatial, gpu_spaces
+
+#: The block every GPU kernel keeps its work in (one complete block: nothing to reduce across threads).
+BLOCK = "conv"
+
+if TYPE_CHECKING:
+    from mest_compile.compiler.families import KernelFamily
+    from mest_compile.compiler.formats.geometry import ConvGeometry
+    from mest_compile.compiler.target import Target
+
+
+class GpuFamily(TargetFamily):
+    """GPU targets: one template per kernel (no tile knobs), work items bound to the `conv` block."""
+
+    name = "gpu"
+    marks_scheduled = True
+
+    def phases(self, family: KernelFamily) -> tuple[str, ...]:
+        return tuple(w for w in PHASES if w in family.gpu_templates)
+
+    def template(self, family: KernelFamily, geometry: ConvGeometry, which: str, tiles: Any) -> tirx.PrimFunc:
+        reason = self.unsupported(family, which)
+        if reason is not None:
+            raise MestError(reason)
+        return family.gpu_templates[which](geometry)
+
+    def schedule(self, func: tirx.PrimFunc, which: str) -> tvm.IRModule:
+        return tvm.IRModule({"main": bind_spatial(func, (BLOCK,))})
+
+    def untunable(self, which: str) -> str | None:
+        if which == "forward":
+            return None
+        return "GPU targets compile the forward kernel only (training runs on the host)"
+
+    def spaces(self, func: tirx.PrimFunc, which: str, target: Target) -> list[Any]:
+        return gpu_spaces(BLOCK, int(target.tvm.attrs.get("max_num_threads", DEFAULT_THREADS)))
+
+    def default_schedule(self, sch: s_tir.Schedule, which: str) -> None:
+        bind_block(sch, BLOCK, DEFAULT_THREADS)
+
+
+TARGET_FAMILIES.add("gpu", GpuFamily())
