@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from mest_compile.cli import cli
+from mest_compile.cli.group import cli
 from mest_compile.errors import MestError
 
 

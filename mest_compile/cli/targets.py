@@ -6,7 +6,7 @@ import json
 
 import click
 
-from mest_compile.cli import cli
+from mest_compile.cli.group import cli
 
 
 @cli.command()

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from mest_compile.cli import cli
+from mest_compile.cli.group import cli
 from mest_compile.errors import MestError
 
 if TYPE_CHECKING:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mest_compile.compiler.formats import BlockFormat, ConvGeometry
-from mest_compile.compiler.families.block import random_block_mask
+from mest_compile.compiler.formats.block import random_block_mask
 from mest_compile.errors import MestError
 
 GEO = ConvGeometry(6, 7, 9, 12, 3, 3, stride=2, padding=1)

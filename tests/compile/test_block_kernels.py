@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mest_compile.compiler.build import STATS
-from mest_compile.compiler.families.block import random_block_mask
+from mest_compile.compiler.runtime.cache import CACHE
+from mest_compile.compiler.formats.block import random_block_mask
 from mest_compile.compiler.api import sparse_conv2d
 
 SCHEME = "free_block_prune_column_4"
@@ -72,10 +72,10 @@ def test_any_batch_size_uses_one_build():
     w = torch.randn(8, 8, 3, 3, generator=gen)
     mask = random_block_mask(8, (8, 3, 3), 0.5, gen)
     check(torch.randn(2, 8, 8, 8, generator=gen), w, mask, 1, 1)
-    builds = STATS.builds
+    builds = CACHE.stats.builds
     for n in (1, 5, 16):
         check(torch.randn(n, 8, 8, 8, generator=gen), w, mask, 1, 1)
-    assert STATS.builds == builds
+    assert CACHE.stats.builds == builds
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -112,8 +112,16 @@ def test_mest_resnet32_layers(cin, cout, size, stride):
 
 
 def test_chunked_input_gradient_is_exercised():
-    from mest_compile.compiler.families.block import block_kernels
+    from mest_compile.compiler.families import family_for
+from mest_compile.compiler.runtime.cache import kernels_for
+from mest_compile.compiler.runtime.compiled import CompiledKernels
     from mest_compile.compiler.formats import ConvGeometry
+
+BLOCK = family_for("block")
+
+
+def block_kernels(geometry: ConvGeometry) -> CompiledKernels:
+    return kernels_for(BLOCK, geometry)
 
     kernels = block_kernels(ConvGeometry(2, 8, 8, 64, 3, 3, 1, 1))
     assert kernels.tiles.dgrad_chunk < 64 // 4

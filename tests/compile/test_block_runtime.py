@@ -7,16 +7,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mest_compile.compiler import build
-from mest_compile.compiler.families import block as block_family
+from mest_compile.compiler.runtime import cache as build
 from mest_compile.compiler.api import compile_model, sparse_conv2d
-from mest_compile.compiler.policy import RecompilePolicy
+from mest_compile.compiler.runtime.gate import KernelGateError
+from mest_compile.compiler.runtime.policy import RecompilePolicy
 from mest_compile.compiler.formats import ConvGeometry
-from mest_compile.compiler.families.block import BLOCK, block_kernels, random_block_mask
+from mest_compile.compiler.formats.block import random_block_mask
+from mest_compile.compiler.families import family_for
+from mest_compile.compiler.runtime.cache import kernels_for
+from mest_compile.compiler.runtime.compiled import CompiledKernels
 from mest_compile.compiler.families import PackedFormat
-from mest_compile.compiler.families.op_args import geometry_list
-from mest_compile.compiler.families.ops import PACKED_CONV2D
+from mest_compile.compiler.runtime.op_args import geometry_list
+from mest_compile.compiler.runtime.ops import PACKED_CONV2D
 from mest_compile.sparsity.module import SparseConv2d
+
+BLOCK = family_for("block")
+
+
+def block_kernels(geometry: ConvGeometry) -> CompiledKernels:
+    return kernels_for(BLOCK, geometry)
 
 SCHEME = "free_block_prune_column_4"
 GEO = ConvGeometry(8, 8, 8, 16, 3, 3, stride=1, padding=1)
@@ -24,7 +33,7 @@ GEO = ConvGeometry(8, 8, 8, 16, 3, 3, stride=1, padding=1)
 
 def block_conv2d_packed(x: torch.Tensor, w: torch.Tensor, fmt: PackedFormat) -> torch.Tensor:
     """The family's differentiable conv through the cached kernels `fmt` was packed for."""
-    return BLOCK.conv(x, w, fmt, block_kernels(fmt.geometry))
+    return block_kernels(fmt.geometry).conv(x, w, fmt)
 
 
 def _mask(seed, density=0.3):
@@ -35,14 +44,14 @@ def test_repack_within_capacity_reuses_the_compiled_kernels():
     w, x = torch.randn(16, 8, 3, 3), torch.randn(2, 8, 8, 8)
     fmt = block_kernels(GEO).pack(_mask(0), capacity=200)
     block_conv2d_packed(x, w, fmt)
-    builds, reuses = build.STATS.builds, build.STATS.reuses
+    builds, reuses = build.CACHE.stats.builds, build.CACHE.stats.reuses
     for seed in (1, 2, 3):
         mask = _mask(seed, 0.2 + 0.1 * seed)
         fmt.repack_(mask)
         y = block_conv2d_packed(x, w, fmt)
         assert torch.allclose(y, F.conv2d(x, w * mask, padding=1), atol=1e-4)
-    assert build.STATS.builds == builds
-    assert build.STATS.reuses >= reuses + 3
+    assert build.CACHE.stats.builds == builds
+    assert build.CACHE.stats.reuses >= reuses + 3
 
 
 def test_torch_compile_fullgraph():
@@ -51,7 +60,7 @@ def test_torch_compile_fullgraph():
     mask = _mask(4)
     fmt = block_kernels(GEO).pack(mask)
     kernels = block_kernels(fmt.geometry)  # looked up outside: the build cache's lock is not traceable
-    fn = torch.compile(lambda x, w: BLOCK.conv(x, w, fmt, kernels).square().sum(), fullgraph=True)
+    fn = torch.compile(lambda x, w: kernels.conv(x, w, fmt).square().sum(), fullgraph=True)
     fn(x, w).backward()
     xr, wr = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
     F.conv2d(xr, wr * mask, padding=1).square().sum().backward()
@@ -63,13 +72,13 @@ def test_opcheck():
     fmt = block_kernels(GEO).pack(_mask(5))
     values = fmt.values(torch.randn(16, 8, 3, 3)).requires_grad_()
     buffers = ([fmt.group_ptr, fmt.x_off], [fmt.dx_ptr, fmt.dx_blk, fmt.dx_off], [fmt.group_ptr, fmt.x_off])
-    args = (torch.randn(2, 8, 8, 8, requires_grad=True), values, *buffers, BLOCK.scheme_name, geometry_list(GEO), "host")
+    args = (torch.randn(2, 8, 8, 8, requires_grad=True), values, *buffers, block_kernels(GEO).handle, geometry_list(GEO))
     torch.library.opcheck(PACKED_CONV2D, args)
 
 
 def test_a_kernel_failing_the_gate_is_never_used(monkeypatch):
     geo = ConvGeometry(4, 6, 6, 8, 3, 3, stride=1, padding=1)
-    real = block_family.BLOCK.build
+    real = build.build_kernels
 
     def broken(*args, **kwargs):
         kernels = real(*args, **kwargs)
@@ -77,10 +86,10 @@ def test_a_kernel_failing_the_gate_is_never_used(monkeypatch):
         kernels.forward = lambda x, v, gp, xo, y: (good(x, v, gp, xo, y), y.mul_(1.01))
         return kernels
 
-    monkeypatch.setattr(block_family.BLOCK, "build", broken)
-    build.clear_cache()
+    monkeypatch.setattr(build, "build_kernels", broken)
+    build.CACHE.clear()
     try:
-        with pytest.raises(build.KernelGateError, match="correctness gate"):
+        with pytest.raises(KernelGateError, match="correctness gate"):
             block_kernels(geo)
         x, w = torch.randn(2, 4, 6, 6), torch.randn(8, 4, 3, 3)
         mask = random_block_mask(8, (4, 3, 3), 0.5, torch.Generator().manual_seed(0))
@@ -88,7 +97,7 @@ def test_a_kernel_failing_the_gate_is_never_used(monkeypatch):
             y = sparse_conv2d(x, w, mask, scheme=SCHEME, padding=1)
         assert torch.allclose(y, F.conv2d(x, w * mask, padding=1))
     finally:
-        build.clear_cache()
+        build.CACHE.clear()
 
 
 def test_module_backend_repacks_or_rebuilds_per_policy():
@@ -98,7 +107,7 @@ def test_module_backend_repacks_or_rebuilds_per_policy():
     assert report["0.weight"]["status"] == "compiled"
     x = torch.randn(2, 8, 8, 8)
     assert torch.allclose(conv(x), conv.to_dense()(x), atol=1e-4)
-    builds = build.STATS.builds
+    builds = build.CACHE.stats.builds
     # Same density: in place. Denser than the capacity: overflow. Then in place again. Much
     # sparser: a quarter of the buffers would idle, so smaller ones are built.
     steps = [(0.8, "repacks"), (0.5, "overflows"), (0.5, "repacks"), (0.9, "rebuilds")]
@@ -111,7 +120,7 @@ def test_module_backend_repacks_or_rebuilds_per_policy():
         after = conv.backend.stats.to_dict()
         assert after[counter] == before[counter] + 1, (sparsity, counter, before, after)
     assert conv.backend.stats.rebuilds == 2  # the overflow and the padding
-    assert build.STATS.builds == builds  # nnz is a runtime size: no mutation recompiles
+    assert build.CACHE.stats.builds == builds  # nnz is a runtime size: no mutation recompiles
 
 
 def test_signature_drift_rebuilds():

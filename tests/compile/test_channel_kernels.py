@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mest_compile.compiler.api import sparse_conv2d
-from mest_compile.compiler.build import STATS
+from mest_compile.compiler.runtime.cache import CACHE
 
 SCHEME = "channel"
 
@@ -95,7 +95,7 @@ def test_any_batch_size_uses_one_build():
     w = torch.randn(16, 8, 3, 3, generator=gen)
     mask = channel_mask(16, (8, 3, 3), [i % 3 == 0 for i in range(16)])
     check(torch.randn(2, 8, 8, 8, generator=gen), w, mask, 1, 1)
-    builds = STATS.builds
+    builds = CACHE.stats.builds
     for n in (1, 5, 16):
         check(torch.randn(n, 8, 8, 8, generator=gen), w, mask, 1, 1)
-    assert STATS.builds == builds
+    assert CACHE.stats.builds == builds

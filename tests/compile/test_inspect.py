@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from mest_compile.compiler.families import KernelFamily, family_for
+from mest_compile.compiler.families import family_for
 from mest_compile.compiler.inspect import inspect_subject, layer_subject, render_text
 from mest_compile.compiler.inspect.stats import LayerStats
 
@@ -64,7 +64,7 @@ def test_statistics(subject) -> None:  # noqa: ANN001
 
 def test_a_kernel_without_gpu_schedule_says_so(subject, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     family = family_for("block")
-    monkeypatch.setattr(type(family), "gpu_template", KernelFamily.gpu_template)
+    monkeypatch.setattr(type(family), "gpu_templates", {})
     ins = inspect_subject(subject, "cuda")
     (kernel,) = ins.kernels
     assert "has no GPU forward kernel yet" in (kernel.note or "") and "stays a dense conv2d" in (kernel.note or "")

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mest_compile.compiler import build
+from mest_compile.compiler.runtime import cache as build
 from mest_compile.compiler.api import sparse_conv2d
-from mest_compile.compiler.families.irregular import random_irregular_mask
+from mest_compile.compiler.formats.irregular import random_irregular_mask
 from mest_compile.sparsity.schemes import mask_for
 
 
@@ -113,7 +113,7 @@ def test_any_batch_size_uses_one_build():
     w = torch.randn(16, 8, 3, 3, generator=gen)
     mask = random_irregular_mask((16, 8, 3, 3), 0.3, gen)
     check(torch.randn(2, 8, 8, 8, generator=gen), w, mask, 1, 1)
-    builds = build.STATS.builds
+    builds = build.CACHE.stats.builds
     for n in (1, 5, 16):
         check(torch.randn(n, 8, 8, 8, generator=gen), w, mask, 1, 1)
-    assert build.STATS.builds == builds
+    assert build.CACHE.stats.builds == builds

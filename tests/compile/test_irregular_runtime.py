@@ -6,21 +6,30 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mest_compile.compiler import build
+from mest_compile.compiler.runtime import cache as build
 from mest_compile.compiler.api import sparse_conv2d
 from mest_compile.compiler.families import family_for
-from mest_compile.compiler.families.irregular import IRREGULAR, irregular_kernels, random_irregular_mask
+from mest_compile.compiler.formats.irregular import random_irregular_mask
+from mest_compile.compiler.families import family_for
+from mest_compile.compiler.runtime.cache import kernels_for
+from mest_compile.compiler.runtime.compiled import CompiledKernels
 from mest_compile.compiler.families import PackedFormat
-from mest_compile.compiler.families.op_args import geometry_list
-from mest_compile.compiler.families.ops import PACKED_CONV2D
+from mest_compile.compiler.runtime.op_args import geometry_list
+from mest_compile.compiler.runtime.ops import PACKED_CONV2D
 from mest_compile.compiler.formats.geometry import ConvGeometry
+
+IRREGULAR = family_for("irregular")
+
+
+def irregular_kernels(geometry: ConvGeometry) -> CompiledKernels:
+    return kernels_for(IRREGULAR, geometry)
 
 GEO = ConvGeometry(8, 8, 8, 16, 3, 3, stride=1, padding=1)
 
 
 def irregular_conv2d_packed(x: torch.Tensor, w: torch.Tensor, fmt: PackedFormat) -> torch.Tensor:
     """The family's differentiable conv through the cached kernels `fmt` was packed for."""
-    return IRREGULAR.conv(x, w, fmt, irregular_kernels(fmt.geometry))
+    return irregular_kernels(fmt.geometry).conv(x, w, fmt)
 
 
 def _mask(seed: int, density: float = 0.3) -> torch.Tensor:
@@ -36,7 +45,7 @@ def test_repack_within_capacity_reuses_the_compiled_kernels():
     w, x = torch.randn(16, 8, 3, 3), torch.randn(2, 8, 8, 8)
     fmt = irregular_kernels(GEO).pack(_mask(0), capacity=900)
     irregular_conv2d_packed(x, w, fmt)
-    builds, reuses = build.STATS.builds, build.STATS.reuses
+    builds, reuses = build.CACHE.stats.builds, build.CACHE.stats.reuses
     for seed in (1, 2, 3):
         mask = _mask(seed, 0.2 + 0.15 * seed)
         assert fmt.fits(mask)
@@ -50,8 +59,8 @@ def test_repack_within_capacity_reuses_the_compiled_kernels():
         assert torch.allclose(y, ref, atol=1e-4)
         assert torch.allclose(xs.grad, xr.grad, atol=1e-3)
         assert torch.allclose(ws.grad, wr.grad, atol=1e-3)
-    assert build.STATS.builds == builds
-    assert build.STATS.reuses >= reuses + 3
+    assert build.CACHE.stats.builds == builds
+    assert build.CACHE.stats.reuses >= reuses + 3
 
 
 def test_torch_compile_fullgraph():
@@ -60,7 +69,7 @@ def test_torch_compile_fullgraph():
     mask = _mask(4)
     fmt = irregular_kernels(GEO).pack(mask)
     kernels = irregular_kernels(fmt.geometry)  # looked up outside: the build cache's lock is not traceable
-    fn = torch.compile(lambda x, w: IRREGULAR.conv(x, w, fmt, kernels).square().sum(), fullgraph=True)
+    fn = torch.compile(lambda x, w: kernels.conv(x, w, fmt).square().sum(), fullgraph=True)
     fn(x, w).backward()
     xr, wr = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
     F.conv2d(xr, wr * mask, padding=1).square().sum().backward()
@@ -72,7 +81,7 @@ def test_opcheck():
     fmt = irregular_kernels(GEO).pack(_mask(5))
     values = fmt.values(torch.randn(16, 8, 3, 3)).requires_grad_()
     buffers = ([fmt.row_ptr, fmt.x_off], [fmt.dx_ptr, fmt.dx_val, fmt.dx_off], [fmt.seg_ptr, fmt.x_off])
-    args = (torch.randn(2, 8, 8, 8, requires_grad=True), values, *buffers, IRREGULAR.scheme_name, geometry_list(GEO), "host")
+    args = (torch.randn(2, 8, 8, 8, requires_grad=True), values, *buffers, irregular_kernels(GEO).handle, geometry_list(GEO))
     torch.library.opcheck(PACKED_CONV2D, args)
 
 

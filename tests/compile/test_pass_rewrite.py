@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mest_compile.compiler.graph.export import build, run
-from mest_compile.compiler.families import KernelFamily, family_for
+from mest_compile.compiler.families import family_for
 from mest_compile.compiler.graph.rewrite import rewrite
 from mest_compile.compiler.graph.result import Rewritten
 from mest_compile.compiler.graph.trace import Traced, model_tensors, trace
@@ -161,14 +161,13 @@ def test_a_scheme_without_a_graph_kernel_is_reported(small: tuple[nn.Module, Tra
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     _, traced = small
     family = family_for("irregular")
-    # As a new scheme's family starts out: its kernels compile, but no graph-rewriting hooks yet.
-    for hook in ("forward_buffer_names", "forward_format", "forward_buffers"):
-        monkeypatch.setattr(type(family), hook, getattr(KernelFamily, hook))
+    # A family with no forward kernel for this kind of target (the CPU here): its layers stay dense.
+    monkeypatch.setattr(type(family), "templates", {})
     # A bare module: only the scheme given here is known; the other masked convs have none.
     out = rewrite(traced.module, "host", schemes={"p_features_conv1_weight": "irregular"})
     assert out.replaced == []
     assert [(s.layer, s.reason) for s in out.skipped] == [
-        ("p_features_conv1_weight", "scheme 'irregular' has no forward kernel for graph rewriting yet"),
+        ("p_features_conv1_weight", "scheme 'irregular' has no CPU forward kernel yet"),
         ("p_features_conv2_weight", "no scheme is known for this weight"),
         ("p_features_conv3_weight", "no scheme is known for this weight"),
     ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mest_compile.compiler.families.pattern import random_pattern_mask
+from mest_compile.compiler.formats.pattern import random_pattern_mask
 from mest_compile.compiler.formats.geometry import ConvGeometry
 from mest_compile.compiler.formats.pattern import PATTERNS, PatternFormat, pattern_taps
 from mest_compile.errors import MestError

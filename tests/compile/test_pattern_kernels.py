@@ -13,13 +13,17 @@ from hypothesis import strategies as st
 
 from mest_compile import mask_for
 from mest_compile.compiler.api import sparse_conv2d
-from mest_compile.compiler.families.compiled import compile_kernels
-from mest_compile.compiler.families.pattern import PATTERN, random_pattern_mask
+from mest_compile.compiler.runtime.compiled import compile_kernels
+from mest_compile.compiler.formats.pattern import random_pattern_mask
+from mest_compile.compiler.families import family_for
+from mest_compile.compiler.runtime.cache import kernels_for
 from mest_compile.compiler.formats.geometry import ConvGeometry
-from mest_compile.compiler.gate import reference, relative_error
-from mest_compile.compiler.target import resolve_target
+from mest_compile.compiler.runtime.gate import reference, relative_error
+from mest_compile.compiler.target import as_target
 from mest_compile.errors import MestError
 from mest_compile.sparsity.schemes.pattern import PATTERNS
+
+PATTERN = family_for("pattern")
 
 SCHEME = "pattern+filter_balance"
 
@@ -109,8 +113,8 @@ def test_weight_gradient_widths_cover_every_run_length(cols, stride):
     empty), so the widest blocks and every remainder width run.
     """
     geo = ConvGeometry(6, 8, 8, 16, 3, 3, stride=stride, padding=1)
-    tiles = dataclasses.replace(PATTERN.default_tiles(geo, resolve_target("host")), wgrad_cols=cols)
-    kernels = compile_kernels(PATTERN, geo, "host", tiles)
+    tiles = dataclasses.replace(PATTERN.default_tiles(geo, as_target("host")), wgrad_cols=cols)
+    kernels = compile_kernels(PATTERN, geo, as_target("host"), tiles)
     gen = torch.Generator().manual_seed(cols * 10 + stride)
     ids = torch.randint(0, len(PATTERNS), (6,), generator=gen)
     mask = PATTERNS[ids].unsqueeze(0).repeat(16, 1, 1, 1)

@@ -68,7 +68,7 @@ def test_targets_command_lists_every_preset() -> None:
     ],
 )
 def test_tags_and_dicts_get_a_measuring_preset(target: str, family: str, measure: str, compiler: str | None) -> None:
-    from mest_compile.compiler.presets import preset_for
+    from mest_compile.compiler.target import as_target
 
-    preset = preset_for(target)
+    preset = as_target(target).preset
     assert (preset.family, preset.measure, preset.cross_compiler) == (family, measure, compiler)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 
 from mest_compile.cli import cli
-from mest_compile.compiler import build
+from mest_compile.compiler.runtime import cache as build
 from mest_compile.compiler.families import family_for
 from mest_compile.compiler.formats.geometry import ConvGeometry
 from mest_compile.compiler.tune.records import MANIFEST, TuningRecords, use_records
@@ -65,7 +65,7 @@ def test_records_replay_onto_symbolic_kernels(tuned: Path) -> None:
             assert all(getattr(kernels.tiles, k) == v for k, v in fields.items())
         # Another batch size and another mask than the tuning run measured with.
         from mest_compile.compiler.api import sparse_conv2d
-        from mest_compile.compiler.families.block import random_block_mask
+        from mest_compile.compiler.formats.block import random_block_mask
 
         gen = torch.Generator().manual_seed(7)
         x = torch.randn(3, 8, 8, 8, generator=gen, requires_grad=True)

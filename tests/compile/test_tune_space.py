@@ -12,10 +12,10 @@ import tvm
 from tvm import s_tir
 
 from mest_compile.compiler.families import family_for
-from mest_compile.compiler.families.compiled import KERNELS
+from mest_compile.compiler.phases import PHASES
 from mest_compile.compiler.formats.geometry import ConvGeometry
 from mest_compile.schedules.host_space import spaces
-from mest_compile.compiler.target import resolve_target
+from mest_compile.compiler.target import as_target, resolve_target
 from mest_compile.compiler.tune.workload import TuneKernel, inputs, variants
 
 SCHEMES = ["free_block_prune_column_4", "pattern+filter_balance", "channel", "irregular"]
@@ -35,8 +35,8 @@ def _run(func: tvm.tirx.PrimFunc, schedule, args: list[torch.Tensor]) -> torch.T
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=["s1", "s2"])
 def test_every_design_space_and_variant_matches_pytorch(scheme: str, geometry: ConvGeometry) -> None:
     family = family_for(scheme)
-    default = family.default_tiles(geometry, resolve_target("host"))
-    for which in KERNELS:
+    default = family.default_tiles(geometry, as_target("host"))
+    for which in PHASES:
         kernel = TuneKernel(scheme, geometry, which, batch=2, sparsity=0.6)
         for index, tiles in enumerate(variants(family, kernel, default, limit=6)):
             data = inputs(family, kernel, tiles, seed=index)

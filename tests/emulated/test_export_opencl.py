@@ -9,8 +9,9 @@ import torch
 from mest_compile.compiler.devices import compile_opencl
 from mest_compile.compiler.devices.opencl import Context
 from mest_compile.compiler.families import family_for
+from mest_compile.compiler.target_families import family_of
 from mest_compile.compiler.formats.geometry import ConvGeometry
-from mest_compile.compiler.gate import reference
+from mest_compile.compiler.runtime.gate import reference
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def context(opencl_context: Context) -> Context:
 )
 def test_gpu_forward_matches_pytorch(context: Context, scheme: str, geometry: ConvGeometry, preset: str) -> None:
     family = family_for(scheme)
-    kernel = compile_opencl(family.gpu_forward_func(geometry), preset, context)
+    kernel = compile_opencl(family_of("gpu").forward_func(family, geometry), preset, context)
     gen = torch.Generator().manual_seed(0)
     g = geometry
     x = torch.randn(2, g.in_channels, g.in_h, g.in_w, generator=gen)

@@ -52,7 +52,7 @@ def test_training_steps_with_opencl_kernels_follow_masked_dense(opencl_context: 
 
 @pytest.mark.parametrize(("kernel", "stride", "padding"), [(3, 1, 1), (3, 2, 1), (1, 1, 0), (1, 2, 0), (3, 1, 0)])
 def test_gpu_gradients_match_pytorch(opencl_context: Context, kernel: int, stride: int, padding: int) -> None:
-    from mest_compile.compiler.families.block import random_block_mask
+    from mest_compile.compiler.formats.block import random_block_mask
     from mest_compile.compiler.formats.geometry import ConvGeometry
 
     geo = ConvGeometry(6, 7, 7, 8, kernel, kernel, stride=stride, padding=padding)

@@ -68,7 +68,7 @@ def test_remote_errors_are_one_line(
 
 def test_block_forward_kernel_on_the_board(remote: rpc.RPCSession, tmp_path: Path) -> None:
     """The project's real block-scheme forward kernel, cross-compiled and run on the board."""
-    from mest_compile.compiler.families.block import random_block_mask
+    from mest_compile.compiler.formats.block import random_block_mask
     from mest_compile.compiler.formats.block import BlockFormat
     from mest_compile.compiler.formats.geometry import ConvGeometry
     from mest_compile.compiler.kernels.block_fwd import block_forward

@@ -24,7 +24,9 @@ def test_tune_for_mali_on_pocl_and_replay(opencl_context: Context, tmp_path: Pat
     from mest_compile.cli import tune  # noqa: F401  (registers the command)
     from mest_compile.compiler.families import family_for
     from mest_compile.compiler.formats.geometry import ConvGeometry
-    from mest_compile.compiler.target import resolve_target
+    from mest_compile.compiler.runtime.compiled import device_forward_func
+    from mest_compile.compiler.runtime.records import current_records
+    from mest_compile.compiler.target import as_target
     from mest_compile.compiler.tune.records import use_records
     from mest_compile.compiler.tune.workload import TuneKernel, inputs
 
@@ -40,10 +42,10 @@ def test_tune_for_mali_on_pocl_and_replay(opencl_context: Context, tmp_path: Pat
     family, geo = family_for(scheme), ConvGeometry(8, 8, 8, 8, 3, 3, stride=1, padding=1)
     try:
         use_records(tmp_path)
-        func = family.device_forward_func(geo, "mali")
+        func = device_forward_func(family, geo, as_target("mali"), current_records())
     finally:
         use_records(None)
     kernel = TuneKernel(scheme, geo, "forward", 3, 0.5)
-    data = inputs(family, kernel, family.default_tiles(geo, resolve_target("host")))
+    data = inputs(family, kernel, family.default_tiles(geo, as_target("host")))
     *_, y = compile_opencl(func, "mali")(*data.args)
     torch.testing.assert_close(torch.from_numpy(y), data.expected, rtol=1e-4, atol=1e-4)

@@ -97,10 +97,10 @@ class KernelCache:
 CACHE = KernelCache()
 
 
-def kernels_for(family: KernelFamily, geometry: ConvGeometry, target: Target | None = None,
+def kernels_for(family: KernelFamily, geometry: ConvGeometry, target: Target | str = "host",
                 records: TunedChoices | None | object = _CURRENT) -> CompiledKernels:
-    """`CACHE.kernels_for`: the process's gated kernels of `geometry` on `target` (default: this host)."""
-    return CACHE.kernels_for(family, geometry, target if target is not None else as_target("host"), records)
+    """`CACHE.kernels_for`: the process's gated kernels of `geometry` on `target` (any form `as_target` takes)."""
+    return CACHE.kernels_for(family, geometry, as_target(target), records)
 
 
 def check_thread_environment() -> str | None:

@@ -15,6 +15,7 @@ import pkgutil
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any
 
+from mest_compile.errors import MestError
 from mest_compile.registry import Registry
 
 if TYPE_CHECKING:
@@ -59,7 +60,13 @@ class TargetFamily(ABC):
         """Why kernel `which` of `family` cannot be compiled here, or None."""
         if which in self.phases(family):
             return None
-        return f"{self.name} targets have no {which} kernel of scheme {family.scheme_name!r} yet"
+        return f"scheme {family.scheme_name!r} has no {self.name.upper()} {which} kernel yet"
+
+    def require(self, family: KernelFamily, which: str) -> None:
+        """Raise `MestError` saying why kernel `which` of `family` cannot be compiled here, if it cannot."""
+        reason = self.unsupported(family, which)
+        if reason is not None:
+            raise MestError(reason)
 
     def untunable(self, which: str) -> str | None:
         """Why the tuner does not search kernel `which` here, or None."""

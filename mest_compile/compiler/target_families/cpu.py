@@ -27,6 +27,7 @@ class CpuFamily(TargetFamily):
         return tuple(w for w in PHASES if w in family.templates)
 
     def template(self, family: KernelFamily, geometry: ConvGeometry, which: str, tiles: Any) -> tirx.PrimFunc:
+        self.require(family, which)
         return family.templates[which](geometry, tiles)
 
     def schedule(self, func: tirx.PrimFunc, which: str) -> tvm.IRModule:

@@ -9,7 +9,6 @@ from tvm import s_tir, tirx
 
 from mest_compile.compiler.phases import PHASES
 from mest_compile.compiler.target_families import TARGET_FAMILIES, TargetFamily
-from mest_compile.errors import MestError
 from mest_compile.schedules.gpu import DEFAULT_THREADS, bind_block, bind_spatial, gpu_spaces
 
 #: The block every GPU kernel keeps its work in (one complete block: nothing to reduce across threads).
@@ -31,9 +30,7 @@ class GpuFamily(TargetFamily):
         return tuple(w for w in PHASES if w in family.gpu_templates)
 
     def template(self, family: KernelFamily, geometry: ConvGeometry, which: str, tiles: Any) -> tirx.PrimFunc:
-        reason = self.unsupported(family, which)
-        if reason is not None:
-            raise MestError(reason)
+        self.require(family, which)
         return family.gpu_templates[which](geometry)
 
     def schedule(self, func: tirx.PrimFunc, which: str) -> tvm.IRModule:
