@@ -1,5 +1,5 @@
-# CPU image of mest-compile: the C++ toolchain TVM links host kernels with, and the aarch64 cross
-# toolchain (plus qemu-user to run what it builds) for ARM targets. Mirrors what the Makefile installs.
+# CPU image of mest-compile: the C++ toolchain TVM links host kernels with (the Makefile's
+# compiler-deps), and the aarch64 cross toolchain (plus qemu-user to run what it builds) for ARM targets.
 FROM python:3.11-slim-bookworm
 
 RUN apt-get update \
@@ -7,6 +7,9 @@ RUN apt-get update \
       g++ make gcc-aarch64-linux-gnu g++-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user \
  && rm -rf /var/lib/apt/lists/*
 
+# The package is installed as a wheel (`pip install .`, not editable) from exactly what is copied
+# here; tests/compile/test_wheel.py builds the wheel from these COPY lines, installs it outside the
+# checkout and compiles a kernel with it.
 WORKDIR /opt/mest-compile
 COPY pyproject.toml setup.py README.md Makefile ./
 COPY mest_compile ./mest_compile
