@@ -18,8 +18,10 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 
 from mest_compile.compiler.bench.run import format_bench, run_bench  # noqa: E402
+from mest_compile.compiler.families import families  # noqa: E402
 
-SCHEMES = ("free_block_prune_column_4", "pattern+filter_balance", "channel", "irregular")
+#: One scheme per registered kernel family, as MEST's recipes use it.
+SCHEMES = tuple(family.recipe_scheme for family in families())
 
 
 def main() -> None:

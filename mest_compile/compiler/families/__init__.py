@@ -130,6 +130,11 @@ class KernelFamily(ABC):
         """The family's main scheme name (MEST's name: messages and kernel records)."""
         return self.schemes[0]
 
+    @property
+    def recipe_scheme(self) -> str:
+        """The scheme MEST's recipes use this family's kernels for (what the benchmarks measure)."""
+        return self.schemes[0]
+
     def supports(self, geometry: ConvGeometry) -> str | None:
         """Why this family cannot compile `geometry`, or None if it can."""
         return None

@@ -59,6 +59,10 @@ class PatternFamily(KernelFamily):
     }
     gpu_templates: ClassVar[dict[str, Any]] = {"forward": _forward_gpu}
 
+    @property
+    def recipe_scheme(self) -> str:
+        return "pattern+filter_balance"  # MEST's pattern recipes balance the kernels per filter
+
     def supports(self, geometry: ConvGeometry) -> str | None:
         if (geometry.kernel_h, geometry.kernel_w) != (3, 3):
             return f"pattern kernels are 3x3, this layer's are {geometry.kernel_h}x{geometry.kernel_w}"
