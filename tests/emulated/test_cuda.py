@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import SimpleNamespace
 
 import pytest
 
 from mest_compile.compiler.devices import MissingToolError, compile_cuda, cuda_source
-from mest_compile.compiler.devices.toolchain import NVCC
+from mest_compile.compiler.devices.toolchain import require_nvcc
 from mest_compile.errors import MestError
+
+
+@pytest.fixture
+def nvcc(require_tool: Callable[[str], None]) -> None:
+    """nvcc on PATH or under CUDA_HOME: skip without it, fail under CI (`make test` installs it from PyPI)."""
+    try:
+        require_nvcc()
+    except MissingToolError as err:
+        require_tool(str(err))
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +30,7 @@ def test_source_needs_no_nvcc(source: str) -> None:
     assert "__global__" in source and "blockIdx.x" in source
 
 
-@pytest.mark.skipif(NVCC.find() is None, reason="nvcc not on this machine (NVIDIA's CUDA toolkit)")
+@pytest.mark.usefixtures("nvcc")
 def test_ptx_and_cubin(source: str) -> None:
     ptx = compile_cuda(source, "ptx")
     assert b".target sm_90" in ptx and b".entry" in ptx
