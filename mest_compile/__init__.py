@@ -30,14 +30,21 @@ from mest_compile.train.loop import Trainer  # noqa: E402
 from mest_compile.train.models import build_model  # noqa: E402
 
 # The compiler side imports TVM: loaded on first use, so the training side runs with torch alone.
-_COMPILER = {"sparse_conv2d", "compile_model"}
+_COMPILER = {
+    "sparse_conv2d": "mest_compile.compiler.api",
+    "compile_model": "mest_compile.compiler.api",
+    "compile_": "mest_compile.compiler.api",
+    "as_target": "mest_compile.compiler.target",
+    "Target": "mest_compile.compiler.target",
+    "TuningRecords": "mest_compile.compiler.tune.records",
+}
 
 
 def __getattr__(name: str) -> object:
     if name in _COMPILER:
-        from mest_compile.compiler import api
+        import importlib
 
-        return getattr(api, name)
+        return getattr(importlib.import_module(_COMPILER[name]), name)
     raise AttributeError(f"module 'mest_compile' has no attribute {name!r}")
 
 
@@ -51,9 +58,13 @@ __all__ = [
     "MutationConfig",
     "Profile",
     "SparseConv2d",
+    "Target",
     "TrainConfig",
     "Trainer",
+    "TuningRecords",
+    "as_target",
     "build_model",
+    "compile_",
     "compile_model",
     "erk_profile",
     "get_scheme",
