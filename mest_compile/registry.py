@@ -44,6 +44,12 @@ class Registry(Generic[T]):
         for alias in aliases:
             self._aliases[alias] = name
 
+    def remove(self, name: str) -> T:
+        """Unregister `name` and its aliases; returns the object (plug-ins registered for a while, tests)."""
+        key = self.canonical(name)
+        self._aliases = {alias: target for alias, target in self._aliases.items() if target != key}
+        return self._items.pop(key)
+
     def canonical(self, name: str) -> str:
         """The registered name for `name` or one of its aliases."""
         key = self._aliases.get(name, name)
