@@ -26,6 +26,7 @@ from mest_compile.sparsity.profile import Profile, erk_profile, load_profile, sa
 from mest_compile.sparsity.schemes import SCHEMES, get_scheme, list_schemes, mask_for  # noqa: E402
 from mest_compile.train.config import TrainConfig  # noqa: E402
 from mest_compile.train.datasets import load_dataset  # noqa: E402
+from mest_compile.train.events import ALGORITHMS, AlgorithmSpec, TrainingAlgorithm  # noqa: E402
 from mest_compile.train.loop import Trainer  # noqa: E402
 from mest_compile.train.models import build_model  # noqa: E402
 
@@ -49,7 +50,9 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "ALGORITHMS",
     "SCHEMES",
+    "AlgorithmSpec",
     "BoundSchedule",
     "Compat",
     "ElasticMutation",
@@ -61,6 +64,7 @@ __all__ = [
     "Target",
     "TrainConfig",
     "Trainer",
+    "TrainingAlgorithm",
     "TuningRecords",
     "as_target",
     "build_model",

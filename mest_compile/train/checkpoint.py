@@ -13,9 +13,9 @@ from mest_compile.errors import MestError
 from mest_compile.io import atomic_write
 
 FORMAT = "mest-compile-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: training algorithms' state under "algorithms", by name; 1 is upgraded on load
 FILENAME = "checkpoint.pt"
-REQUIRED = ("format", "version", "epoch", "config", "model", "optimizer", "scheduler", "mutation", "rng")
+REQUIRED = ("format", "version", "epoch", "config", "model", "optimizer", "scheduler", "algorithms", "rng")
 
 
 def checkpoint_path(run_dir: str | pathlib.Path) -> pathlib.Path:
@@ -42,9 +42,27 @@ def load_checkpoint(path: str | pathlib.Path) -> dict[str, Any]:
         raise MestError(f"checkpoint {str(file)!r} is corrupt or unreadable ({reason[:120]})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise MestError(f"{str(file)!r} is not a mest-compile checkpoint")
+    if state.get("version") == 1:
+        state = _from_version_1(state)
     if state.get("version") != VERSION:
         raise MestError(f"checkpoint {str(file)!r} has version {state.get('version')!r}; this mest-compile reads {VERSION}")
     missing = [key for key in REQUIRED if key not in state]
     if missing:
         raise MestError(f"checkpoint {str(file)!r} is incomplete: missing {missing[0]!r}")
     return state
+
+
+def _from_version_1(state: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 checkpoint (mutation and data-efficiency state at top level) in the version-2 layout.
+
+    Version 1 stored the forgetting statistics of every run; a run without data efficiency
+    ignores them on resume, exactly as it ignored them then.
+    """
+    upgraded = {key: value for key, value in state.items() if key not in ("mutation", "forgetting", "active")}
+    algorithms: dict[str, Any] = {}
+    if "mutation" in state:
+        algorithms["elastic_mutation"] = state["mutation"]
+    if "forgetting" in state and "active" in state:
+        algorithms["data_efficiency"] = {"forgetting": state["forgetting"], "active": state["active"]}
+    upgraded.update(version=VERSION, algorithms=algorithms)
+    return upgraded

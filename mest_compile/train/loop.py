@@ -1,11 +1,16 @@
-"""The MEST training loop: mutation at epoch starts, masked steps, data removal, checkpoints."""
+"""The training loop: batches, masked steps, evaluation, checkpoints; training algorithms on its events.
+
+What MEST adds to plain training (Elastic Mutation, data efficiency, compiled kernels) are
+`TrainingAlgorithm`s, built from the config's sections and called on the events listed in
+`mest_compile.train.events`; the loop itself names none of them.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import sys
 import dataclasses
 import pathlib
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -14,24 +19,23 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from mest_compile.algorithms import build_algorithms, record_defaults, summary_defaults
 from mest_compile.errors import MestError
 from mest_compile.sparsity.compat import Compat
-from mest_compile.sparsity.data_efficiency import (ForgettingTracker, example_statistics, read_importance, removal,
-                                                   write_importance)
 from mest_compile.sparsity.module import SparseConv2d, sparsify
-from mest_compile.sparsity.mutation import ElasticMutation, MutationConfig
 from mest_compile.sparsity.profile import looks_like_mest_kernel_space
 from mest_compile.train import checkpoint, report
 from mest_compile.train.augment import augment_batch
 from mest_compile.train.config import TrainConfig
 from mest_compile.train.datasets import load_dataset
+from mest_compile.train.events import TrainingAlgorithm
 from mest_compile.train.models import build_model
 from mest_compile.train.optim import OPTIMIZERS, SCHEDULERS
-from mest_compile.train.profiles import resolve_profile, resolve_schedule
+from mest_compile.train.profiles import resolve_profile
 
 
 class Trainer:
-    """One MEST training run in a run directory.
+    """One training run in a run directory, with the training algorithms its config enables.
 
     Example:
         >>> trainer = Trainer(TrainConfig(epochs=2), pathlib.Path("runs/x"))  # doctest: +SKIP
@@ -45,49 +49,36 @@ class Trainer:
         if _state is None and checkpoint.checkpoint_path(self.run_dir).exists():
             raise MestError(f"{str(self.run_dir)!r} already holds a checkpoint; pass --resume to continue it "
                             "or choose another --out")
-        state = _state
         self.config = config
-        if config.threads is not None:
-            torch.set_num_threads(config.threads)
-        torch.manual_seed(config.seed)
+        data, sparse, optim, run = config.data, config.sparse, config.optim, config.run
+        if run.threads is not None:
+            torch.set_num_threads(run.threads)
+        # Model initialisation draws on the global generator: seeded here, once per run.
+        torch.manual_seed(run.seed)
 
-        self.data = load_dataset(config.dataset, config.data_dir, seed=config.seed)
-        self.model = build_model(config.model, num_classes=self.data.num_classes, in_channels=self.data.in_channels)
-        self.compat = Compat.from_names(config.compat)
+        self.data = load_dataset(data.dataset, data.data_dir, seed=run.seed)
+        self.model = build_model(data.model, num_classes=self.data.num_classes, in_channels=self.data.in_channels)
+        self.compat = Compat.from_names(run.compat)
         profile = resolve_profile(config, self.model)
-        if "pattern" in config.scheme and profile.ratio_space == "overall" and looks_like_mest_kernel_space(profile):
+        if "pattern" in sparse.scheme and profile.ratio_space == "overall" and looks_like_mest_kernel_space(profile):
             warnings.warn("the profile's ratios look like MEST's pattern kernel-level values (0.775 means 90%); "
                           "pass --ratio-space kernel if that is what they are", stacklevel=2)
-        self.layers: dict[str, SparseConv2d] = sparsify(self.model, config.scheme, profile, compat=self.compat)
-        self.optimizer = OPTIMIZERS.get(config.optimizer)(self.model.parameters(), config.lr, config.momentum,
-                                                          config.weight_decay)
-        self.scheduler = SCHEDULERS.get(config.lr_scheduler)(self.optimizer, config.epochs)
-        self.mutation = ElasticMutation(self.layers, MutationConfig(
-            schedule=resolve_schedule(config),
-            score="magnitude+grad" if config.sp_lmd > 0 else "magnitude",
-            sp_lmd=config.sp_lmd,
-            regrow_momentum=config.regrow_momentum,
-            compat=self.compat,
-            seed=config.seed,
-        ), optimizer=self.optimizer)
-        self.kernels: dict[str, dict[str, Any]] = {}
-        if config.compiled:
-            from mest_compile.compiler.api import compile_model  # the compiler side loads only when asked
-            from mest_compile.compiler.tune.records import use_records
-
-            use_records(config.work_dir)
-            self.kernels = compile_model(self.model, config.target, example_input=self.data.train_x[: config.batch_size],
-                                         fallback=config.fallback)
-        self.forgetting = ForgettingTracker(len(self.data.train_y))
-        self.data_rng = torch.Generator().manual_seed(config.seed)
-        self.active = torch.arange(len(self.data.train_y))
+        self.layers: dict[str, SparseConv2d] = sparsify(self.model, sparse.scheme, profile, compat=self.compat)
+        self.optimizer = OPTIMIZERS.get(optim.optimizer)(self.model.parameters(), optim.lr, optim.momentum,
+                                                         optim.weight_decay)
+        self.scheduler = SCHEDULERS.get(optim.lr_scheduler)(self.optimizer, optim.epochs)
+        self.algorithms: dict[str, TrainingAlgorithm] = build_algorithms(config)
+        for algorithm in self.algorithms.values():
+            algorithm.setup(self)
+        # Batches and augmentation draw only on this generator, so they repeat on resume.
+        self.data_rng = torch.Generator().manual_seed(run.seed)
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
-        if state is not None:
-            self._restore(state)
+        if _state is not None:
+            self._restore(_state)
 
     @classmethod
-    def resume(cls, run_dir: str | pathlib.Path, *, epochs: int | None = None, progress: bool = False) -> "Trainer":
+    def resume(cls, run_dir: str | pathlib.Path, *, epochs: int | None = None, progress: bool = False) -> Trainer:
         """Continue the run in `run_dir` from its checkpoint; `epochs` may extend it."""
         ckpt_file = checkpoint.checkpoint_path(run_dir)
         state = checkpoint.load_checkpoint(ckpt_file)
@@ -96,6 +87,23 @@ class Trainer:
             # Only the length of the run may change on resume; anything else would not continue it.
             config = dataclasses.replace(config, epochs=epochs)
         return cls(config, run_dir, progress=progress, _state=state)
+
+    # --- events ---
+    def _emit(self, event: str, *args: Any) -> None:
+        for algorithm in self.algorithms.values():
+            getattr(algorithm, event)(self, *args)
+
+    def masks_updated(self, epoch: int, layers: tuple[str, ...]) -> None:
+        """Called by an algorithm that changed the masks of `layers`: every algorithm hears of it."""
+        self._emit("on_mask_update", epoch, layers)
+
+    @property
+    def active(self) -> torch.Tensor:
+        """Dataset indices of the examples still trained on (the algorithms may remove some)."""
+        active = torch.arange(len(self.data.train_y))
+        for algorithm in self.algorithms.values():
+            active = algorithm.select_examples(self, active)
+        return active
 
     # --- state ---
     def state_dict(self, epoch: int) -> dict[str, Any]:
@@ -106,9 +114,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "mutation": self.mutation.state_dict(),
-            "forgetting": self.forgetting.state_dict(),
-            "active": self.active.clone(),
+            "algorithms": {name: algorithm.on_checkpoint_save(self) for name, algorithm in self.algorithms.items()},
             "rng": {"torch": torch.get_rng_state(), "data": self.data_rng.get_state()},
             "history": self.history,
         }
@@ -118,9 +124,12 @@ class Trainer:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
-            self.mutation.load_state_dict(state["mutation"])
-            self.forgetting.load_state_dict(state["forgetting"])
-            self.active = state["active"].clone()
+            saved = state["algorithms"]
+            for name, algorithm in self.algorithms.items():
+                if name in saved:
+                    algorithm.on_checkpoint_load(self, saved[name])
+                elif algorithm.state_dict():
+                    raise MestError(f"checkpoint holds no state of the training algorithm {name!r} this run uses")
             torch.set_rng_state(state["rng"]["torch"])
             self.data_rng.set_state(state["rng"]["data"])
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
@@ -138,11 +147,13 @@ class Trainer:
         """
         self.run_dir.mkdir(parents=True, exist_ok=True)
         report.rewrite_metrics(self.run_dir, self.history)
-        end = self.config.epochs if stop_after is None else min(self.config.epochs, self.start_epoch + stop_after)
+        self._emit("on_fit_start")
+        epochs = self.config.optim.epochs
+        end = epochs if stop_after is None else min(epochs, self.start_epoch + stop_after)
         for epoch in range(self.start_epoch, end):
             record = self.run_epoch(epoch)
             if self.progress:
-                _echo_epoch(record, self.config.epochs)
+                _echo_epoch(record, epochs)
             self.history.append(record)
             report.append_metrics(self.run_dir, record)
             checkpoint.save_checkpoint(checkpoint.checkpoint_path(self.run_dir), self.state_dict(epoch))
@@ -151,18 +162,20 @@ class Trainer:
         report.write_summary(self.run_dir, summary)
         if self.history:
             report.plot_history(self.run_dir, self.history)
+        self._emit("on_fit_end", summary)
         return summary
 
     def run_epoch(self, epoch: int) -> dict[str, Any]:
-        """Mutation (MEST's prune_update), data removal, one training epoch, evaluation."""
+        """The algorithms' epoch start (mutation, data removal), one training epoch, evaluation."""
         start = time.perf_counter()
-        mutation = self.mutation.step(epoch)
-        removed = self._maybe_remove_data(epoch)
+        fields = record_defaults()
+        for algorithm in self.algorithms.values():
+            fields.update(algorithm.on_epoch_start(self, epoch) or {})
         lr = self.optimizer.param_groups[0]["lr"]
         train_loss, train_acc = self._train_epoch(epoch)
         test_loss, test_acc = self.evaluate()
         self.scheduler.step()
-        return {
+        record = {
             "epoch": epoch,
             "lr": lr,
             "train_loss": train_loss,
@@ -172,22 +185,25 @@ class Trainer:
             "sparsity": self.sparsity(),
             "model_sparsity": self.model_sparsity(),
             "n_train": int(self.active.numel()),
-            "removed": removed,
-            "mutation": mutation.to_dict() if mutation is not None else None,
+            **fields,
             "seconds": time.perf_counter() - start,
         }
+        self._emit("on_epoch_end", record)
+        return record
 
     def _batches(self) -> list[torch.Tensor]:
         # MEST builds batches from a permutation of the active examples; the last may be partial.
-        order = self.active[torch.randperm(self.active.numel(), generator=self.data_rng)]
-        return list(order.split(self.config.batch_size))
+        active = self.active
+        order = active[torch.randperm(active.numel(), generator=self.data_rng)]
+        return list(order.split(self.config.optim.batch_size))
 
     def _train_epoch(self, epoch: int) -> tuple[float, float]:
         self.model.train()
         batches = self._batches()
         total_loss, total_correct, seen = 0.0, 0, 0
-        with self._progress(batches, f"epoch {epoch + 1}/{self.config.epochs}") as bar:
+        with self._progress(batches, f"epoch {epoch + 1}/{self.config.optim.epochs}") as bar:
             for step, index in enumerate(bar):
+                self._emit("before_step", step, index)
                 x = self.data.train_x[index]
                 if self.data.augment:
                     x = augment_batch(x, self.data_rng, fill=self.data.pad_fill)
@@ -196,16 +212,11 @@ class Trainer:
                 loss = F.cross_entropy(logits, y)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                if step == len(batches) - 1:
-                    self.mutation.observe_gradients()
+                self._emit("after_backward", step, step == len(batches) - 1)
                 self.optimizer.step()
-                self.mutation.apply_masks_()
-                # Recorded on the batch the step trained on, before the update, as MEST does.
-                correct, losses, margins = example_statistics(logits, y)
-                if self.config.data_efficient:
-                    self.forgetting.record(index, correct, losses, margins)
+                self._emit("after_step", step, logits, y, index)
                 total_loss += loss.item() * len(y)
-                total_correct += int(correct.sum())
+                total_correct += int((logits.detach().argmax(dim=1) == y).sum())
                 seen += len(y)
         return total_loss / seen, total_correct / seen
 
@@ -214,35 +225,13 @@ class Trainer:
         """Loss and accuracy on the test split."""
         self.model.eval()
         total_loss, correct = 0.0, 0
-        for x, y in zip(self.data.test_x.split(self.config.test_batch_size),
-                        self.data.test_y.split(self.config.test_batch_size)):
+        batch = self.config.optim.test_batch_size
+        for x, y in zip(self.data.test_x.split(batch), self.data.test_y.split(batch)):
             logits = self.model(x)
             total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
             correct += int((logits.argmax(1) == y).sum())
         n = len(self.data.test_y)
         return total_loss / n, correct / n
-
-    def _maybe_remove_data(self, epoch: int) -> int:
-        """Remove the least-forgotten examples once, at the start of `remove_data_epoch`."""
-        cfg = self.config
-        if cfg.remove_data_epoch is None or epoch != cfg.remove_data_epoch or cfg.remove_n == 0:
-            return 0
-        if cfg.sorting_file is not None:
-            ordered = read_importance(cfg.sorting_file).indices
-            if int(ordered.max()) >= len(self.data.train_y):
-                raise MestError(f"importance file {cfg.sorting_file!r} names example {int(ordered.max())}, "
-                                f"but the training set has {len(self.data.train_y)}")
-        else:
-            npresentations = cfg.epochs if self.compat.npresentations_from_epochs else None
-            ordered, counts, zeros = self.forgetting.sorted_by_forgetting(npresentations=npresentations)
-            write_importance(self.run_dir, ordered, counts, name=cfg.output_name)
-        drop = removal(ordered, cfg.keep_lowest_n, cfg.remove_n)
-        keep = torch.ones(len(self.data.train_y), dtype=torch.bool)
-        keep[torch.as_tensor(drop, dtype=torch.long)] = False
-        before = self.active.numel()
-        self.active = self.active[keep[self.active]]
-        self.forgetting.reset()
-        return int(before - self.active.numel())
 
     # --- reporting ---
     def sparsity(self) -> float:
@@ -258,46 +247,29 @@ class Trainer:
         return sum(int((p == 0).sum()) for p in weights) / total
 
     def summary(self) -> dict[str, Any]:
-        """Final numbers of the run (also written as summary.json)."""
+        """Final numbers of the run (also written as summary.json), the algorithms' fields included."""
         accs = [r["test_acc"] for r in self.history]
-        return {
-            "scheme": self.config.scheme,
-            "model": self.config.model,
-            "dataset": self.config.dataset,
-            "epochs": self.config.epochs,
+        out = {
+            "scheme": self.config.sparse.scheme,
+            "model": self.config.data.model,
+            "dataset": self.config.data.dataset,
+            "epochs": self.config.optim.epochs,
             "final_test_acc": accs[-1] if accs else float("nan"),
             "best_test_acc": max(accs) if accs else float("nan"),
             "sparsity": self.sparsity(),
             "model_sparsity": self.model_sparsity(),
-            "mask_updates": self.mutation.updates,
             "n_train": int(self.active.numel()),
             "compat": list(self.compat.enabled()),
-            "kernels": self.kernel_summary(),
+            **summary_defaults(),
             "layers": [
                 {"name": name, "shape": list(layer.weight.shape), "nnz": int(layer.mask.sum()),
                  "sparsity": layer.sparsity}
                 for name, layer in self.layers.items()
             ],
         }
-
-    def kernel_summary(self) -> dict[str, Any] | None:
-        """Compiled-kernel status per layer and what the builds and backends did (None: not compiled)."""
-        if not self.config.compiled:
-            return None
-        from mest_compile.compiler.build import STATS
-
-        layers = {}
-        totals = {"packs": 0, "repacks": 0, "rebuilds": 0, "overflows": 0, "dense_calls": 0}
-        for name, layer in self.layers.items():
-            entry = dict(self.kernels.get(name, {}))
-            stats_of = getattr(layer.backend, "stats", None)
-            if stats_of is not None:
-                stats = stats_of.to_dict()
-                entry["backend"] = stats
-                for key in totals:
-                    totals[key] += stats[key]
-            layers[name] = entry
-        return {"target": self.config.target, "builds": STATS.to_dict(), **totals, "layers": layers}
+        for algorithm in self.algorithms.values():
+            out.update(algorithm.summary(self))
+        return out
 
     @contextlib.contextmanager
     def _progress(self, batches: list[torch.Tensor], label: str) -> Iterator[Any]:
@@ -314,9 +286,9 @@ class Trainer:
 def _echo_epoch(record: dict[str, Any], epochs: int) -> None:
     import click
 
-    mutation = record["mutation"]
+    mutation = record.get("mutation")
     mutated = f"  mutation: stage {mutation['stage']} prune to {mutation['lower']} grow to {mutation['upper']}" if mutation else ""
-    removed = f"  removed {record['removed']} examples" if record["removed"] else ""
+    removed = f"  removed {record['removed']} examples" if record.get("removed") else ""
     click.echo(f"epoch {record['epoch'] + 1}/{epochs}  loss {record['train_loss']:.4f}  train {100 * record['train_acc']:.2f}%"
                f"  test {100 * record['test_acc']:.2f}%  sparsity {100 * record['sparsity']:.2f}%"
                f"  {record['seconds']:.1f}s{mutated}{removed}", err=True)

@@ -1,0 +1,45 @@
+"""Compiled sparse kernels as a training algorithm: its settings and registration (training side).
+
+The implementation, `mest_compile.compiler.training.CompiledKernels`, lives on the compiler side
+and imports TVM; it is named here by module path and imported only when a run sets `--compiled`,
+so its settings exist (as flags, YAML keys and the `compile` section) without TVM.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mest_compile.errors import MestError
+from mest_compile.train.sections import setting
+from mest_compile.train.events import ALGORITHMS, AlgorithmSpec
+
+FALLBACKS = ("measure", "never")
+
+
+@dataclass(frozen=True)
+class CompileConfig:
+    """Which kernels the sparse layers run on (the `compile` section)."""
+
+    # Off: masked dense convs, the oracle the compiled kernels are checked against.
+    compiled: bool = setting(False, "run the sparse layers on compiled TVM kernels (forward and both gradients)")
+    # The kernels run in this process, so the default is this machine.
+    target: str = setting("host", "target preset of the compiled kernels")
+    # Never slower than dense by default.
+    fallback: str = setting("measure", "measure: a layer whose compiled kernels are slower than dense stays dense; "
+                                       "never")
+    work_dir: str | None = setting(None, "tuning records (a `mest-compile tune --work-dir`) the compiled kernels use")
+
+    def __post_init__(self) -> None:
+        if self.fallback not in FALLBACKS:
+            known = " or ".join(repr(name) for name in FALLBACKS)
+            raise MestError(f"fallback must be {known}, got {self.fallback!r}")
+
+
+def _enabled(config: CompileConfig) -> bool:
+    return config.compiled
+
+
+ALGORITHMS.add("compiled", AlgorithmSpec(
+    section="compile", config=CompileConfig, factory="mest_compile.compiler.training:CompiledKernels",
+    enabled=_enabled, summary_defaults={"kernels": None},
+))

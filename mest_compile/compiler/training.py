@@ -1,0 +1,68 @@
+"""The compiler side's door into training: compiled sparse kernels as a `TrainingAlgorithm`.
+
+Registered (with its `compile` settings) in `mest_compile.algorithms.compiled` by module path, so
+this module, and TVM with it, is imported only when a run sets `--compiled`. It is the only
+training-side user of the compiler: `compile_model`, the tuning records and the build counters
+(the process's kernel cache) are imported here and nowhere in the trainer.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from mest_compile.algorithms.compiled import CompileConfig
+from mest_compile.compiler.api import compile_model
+from mest_compile.compiler.runtime.cache import CACHE
+from mest_compile.compiler.tune.records import use_records
+from mest_compile.train.events import TrainingAlgorithm
+
+if TYPE_CHECKING:
+    from mest_compile.train.loop import Trainer
+
+# Per-layer backend counters summed over the model in the summary.
+BACKEND_TOTALS = ("packs", "repacks", "rebuilds", "overflows", "dense_calls")
+
+
+class CompiledKernels(TrainingAlgorithm):
+    """Switches every sparse layer to compiled kernels at setup; reports what they did.
+
+    The math is the masked dense conv's (the compiler's contract), so enabling it must not change
+    the run beyond float rounding: compiling happens inside a forked global RNG, and the gate and
+    timing draw their inputs from their own generators.
+    """
+
+    def __init__(self, config: CompileConfig) -> None:
+        self.config = config
+        # Layer name -> compile_model's report (status, reason, speedup, tuned kernels).
+        self.kernels: dict[str, dict[str, Any]] = {}
+
+    def setup(self, trainer: Trainer) -> None:
+        """Compile (or reuse) each layer's kernels now, timed on one training batch."""
+        use_records(self.config.work_dir)
+        example = trainer.data.train_x[: trainer.config.optim.batch_size]
+        # Whatever the compiler may draw from torch's global generator, the run must not see it:
+        # the seeded stream belongs to the training (same seed, same run, compiled or not).
+        with torch.random.fork_rng(devices=[]):
+            self.kernels = compile_model(trainer.model, self.config.target, example_input=example,
+                                         fallback=self.config.fallback)
+
+    def summary(self, trainer: Trainer) -> dict[str, Any]:
+        """The `kernels` field of the summary."""
+        return {"kernels": self.kernel_summary(trainer)}
+
+    def kernel_summary(self, trainer: Trainer) -> dict[str, Any]:
+        """Compiled-kernel status per layer and what the builds and backends did."""
+        layers = {}
+        totals = dict.fromkeys(BACKEND_TOTALS, 0)
+        for name, layer in trainer.layers.items():
+            entry = dict(self.kernels.get(name, {}))
+            stats_of = getattr(layer.backend, "stats", None)
+            if stats_of is not None:
+                stats = stats_of.to_dict()
+                entry["backend"] = stats
+                for key in totals:
+                    totals[key] += stats[key]
+            layers[name] = entry
+        return {"target": self.config.target, "builds": CACHE.stats.to_dict(), **totals, "layers": layers}
