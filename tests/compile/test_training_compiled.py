@@ -6,6 +6,7 @@ import dataclasses
 import pathlib
 
 import pytest
+import torch
 
 from mest_compile.train.config import TrainConfig
 from mest_compile.train.loop import Trainer
@@ -54,3 +55,26 @@ def test_compiled_run_resumes(tmp_path: pathlib.Path) -> None:
     resumed = Trainer.resume(tmp_path)
     summary = resumed.fit()
     assert summary["kernels"] is not None and len(resumed.history) == 2
+
+
+def test_compiling_does_not_change_the_run(tmp_path: pathlib.Path) -> None:
+    """Same seed, compiled or not: the same run (the kernels' math is the masked dense conv's).
+
+    Compiling (gate, timing, packing) must draw nothing from the global generator the run is
+    seeded with, and a mutation after an epoch on the kernels must pick the same masks.
+    """
+    config = dataclasses.replace(BASE, scheme="block", epochs=2)
+    dense = Trainer(config, tmp_path / "dense")
+    seeded = torch.get_rng_state()
+    compiled = Trainer(dataclasses.replace(config, compiled=True, fallback="never"), tmp_path / "compiled")
+    assert torch.equal(torch.get_rng_state(), seeded)
+    dense.fit()
+    summary = compiled.fit()
+
+    assert {entry["status"] for entry in summary["kernels"]["layers"].values()} == {"compiled"}
+    for ref, got in zip(dense.history, compiled.history, strict=True):
+        for key in ("train_loss", "test_loss"):
+            assert got[key] == pytest.approx(ref[key], rel=1e-4), (key, got["epoch"])
+        assert got["mutation"] == ref["mutation"]
+    for name, layer in compiled.layers.items():
+        assert torch.equal(layer.mask, dense.layers[name].mask), name
