@@ -15,7 +15,7 @@ import torch
 from mest_compile.algorithms.compiled import CompileConfig
 from mest_compile.compiler.api import compile_model
 from mest_compile.compiler.runtime.cache import CACHE
-from mest_compile.compiler.tune.records import use_records
+from mest_compile.compiler.tune.records import TuningRecords
 from mest_compile.train.events import TrainingAlgorithm
 
 if TYPE_CHECKING:
@@ -40,13 +40,14 @@ class CompiledKernels(TrainingAlgorithm):
 
     def setup(self, trainer: Trainer) -> None:
         """Compile (or reuse) each layer's kernels now, timed on one training batch."""
-        use_records(self.config.work_dir)
+        # Handed to the layers' backends, which build with them whenever a new input size appears.
+        records = TuningRecords(self.config.work_dir) if self.config.work_dir is not None else None
         example = trainer.data.train_x[: trainer.config.optim.batch_size]
         # Whatever the compiler may draw from torch's global generator, the run must not see it:
         # the seeded stream belongs to the training (same seed, same run, compiled or not).
         with torch.random.fork_rng(devices=[]):
             self.kernels = compile_model(trainer.model, self.config.target, example_input=example,
-                                         fallback=self.config.fallback)
+                                         fallback=self.config.fallback, records=records)
 
     def summary(self, trainer: Trainer) -> dict[str, Any]:
         """The `kernels` field of the summary."""

@@ -100,7 +100,6 @@ def test_aligned_input_layout_knob():
 
     from mest_compile.compiler.runtime.compiled import compile_kernels
     from mest_compile.compiler.target import as_target
-    from mest_compile.compiler.families.pattern import PATTERN
     from mest_compile.compiler.kernels.pattern_taps import input_layout
     from mest_compile.schedules.pattern_host import PatternTiles
 

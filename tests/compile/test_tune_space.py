@@ -40,7 +40,7 @@ def test_every_design_space_and_variant_matches_pytorch(scheme: str, geometry: C
         kernel = TuneKernel(scheme, geometry, which, batch=2, sparsity=0.6)
         for index, tiles in enumerate(variants(family, kernel, default, limit=6)):
             data = inputs(family, kernel, tiles, seed=index)
-            func = family.template(geometry, which, tiles)
+            func = family.templates[which](geometry, tiles)
             # every design space on the default tiles; the default schedule on every variant
             for space in spaces(func, which) if index == 0 else spaces(func, which)[:1]:
                 got = _run(func, space, data.args)
