@@ -8,6 +8,7 @@ schedule every scheme shares is in `host_space.py`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mest_compile.compiler.formats.geometry import ConvGeometry
@@ -104,13 +105,21 @@ def scatter_channels(geo: ConvGeometry) -> int:
 
 def block_knobs(geo: ConvGeometry, which: str, tiles: BlockTiles) -> dict[str, list[int]]:
     """Tile values the tuner tries for kernel `which` (register-tile rows up to 32 accumulators)."""
-    if which == "forward":
-        return {"fwd_rows": divisors(geo.out_h, max(1, 8 // vectors(geo.out_w)))}
-    if which == "dgrad" and tiles.dgrad_scatter_rows:
+    return _KNOBS[which](geo, tiles)
+
+
+def _dgrad_knobs(geo: ConvGeometry, tiles: BlockTiles) -> dict[str, list[int]]:
+    if tiles.dgrad_scatter_rows:  # the scatter form (stride 1) has its own tiles
         return {"dgrad_scatter_rows": divisors(geo.out_h, 8),
                 "dgrad_channels": around(tiles.dgrad_channels, high=geo.in_channels)}
-    if which == "dgrad":
-        return {"dgrad_rows": divisors(geo.dx_rows, max(1, 8 // vectors(geo.dx_cols))),
-                "dgrad_chunk": around(tiles.dgrad_chunk, high=geo.out_channels // 4)}
-    return {"wgrad_cols": sorted({1, 2, tiles.wgrad_cols}), "wgrad_images": around(tiles.wgrad_images, high=16),
-            "wgrad_slots": [tiles.wgrad_slots, 2 * tiles.wgrad_slots]}
+    return {"dgrad_rows": divisors(geo.dx_rows, max(1, 8 // vectors(geo.dx_cols))),
+            "dgrad_chunk": around(tiles.dgrad_chunk, high=geo.out_channels // 4)}
+
+
+_KNOBS: dict[str, Callable[[ConvGeometry, BlockTiles], dict[str, list[int]]]] = {
+    "forward": lambda geo, tiles: {"fwd_rows": divisors(geo.out_h, max(1, 8 // vectors(geo.out_w)))},
+    "dgrad": _dgrad_knobs,
+    "wgrad": lambda geo, tiles: {"wgrad_cols": sorted({1, 2, tiles.wgrad_cols}),
+                                 "wgrad_images": around(tiles.wgrad_images, high=16),
+                                 "wgrad_slots": [tiles.wgrad_slots, 2 * tiles.wgrad_slots]},
+}

@@ -9,6 +9,7 @@ one owner and no cross-thread reduction is needed).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import tvm
@@ -82,9 +83,18 @@ def has_clzero(target: tvm.target.Target) -> bool:
 
 def channel_knobs(geo: ConvGeometry, which: str, tiles: ChannelTiles) -> dict[str, list[int]]:
     """Tile values the tuner tries for kernel `which`."""
-    if which == "forward":
-        return {"fwd_filters": [2, 4, 8], "fwd_rows": divisors(geo.out_h, max(1, 8 // vectors(geo.out_w)))}
-    if which == "dgrad":
-        return {"dgrad_channels": sorted({1, 2, tiles.dgrad_channels}),
-                "dgrad_rows": divisors(geo.dx_rows, max(1, 16 // (tiles.dgrad_channels * geo.stride * vectors(geo.dx_cols))))}
-    return {"wgrad_filters": sorted({1, 2, tiles.wgrad_filters}), "wgrad_images": around(tiles.wgrad_images, high=16)}
+    return _KNOBS[which](geo, tiles)
+
+
+def _dgrad_knobs(geo: ConvGeometry, tiles: ChannelTiles) -> dict[str, list[int]]:
+    most_rows = max(1, 16 // (tiles.dgrad_channels * geo.stride * vectors(geo.dx_cols)))
+    return {"dgrad_channels": sorted({1, 2, tiles.dgrad_channels}), "dgrad_rows": divisors(geo.dx_rows, most_rows)}
+
+
+_KNOBS: dict[str, Callable[[ConvGeometry, ChannelTiles], dict[str, list[int]]]] = {
+    "forward": lambda geo, tiles: {"fwd_filters": [2, 4, 8],
+                                   "fwd_rows": divisors(geo.out_h, max(1, 8 // vectors(geo.out_w)))},
+    "dgrad": _dgrad_knobs,
+    "wgrad": lambda geo, tiles: {"wgrad_filters": sorted({1, 2, tiles.wgrad_filters}),
+                                 "wgrad_images": around(tiles.wgrad_images, high=16)},
+}

@@ -9,6 +9,7 @@ weight gradient).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mest_compile.compiler.formats.geometry import ConvGeometry
@@ -93,10 +94,14 @@ def wgrad_channel_block(geo: ConvGeometry) -> int:
 
 def irregular_knobs(geo: ConvGeometry, which: str, tiles: IrregularTiles) -> dict[str, list[int]]:
     """Tile values the tuner tries for kernel `which`."""
-    if which == "forward":
-        return {"fwd_rows": divisors(geo.out_h, max(1, 8 // vectors(geo.out_w)))}
-    if which == "dgrad":
-        return {"dgrad_rows": divisors(geo.dx_rows, max(1, 8 // vectors(geo.dx_cols))),
-                "dgrad_chunk": around(tiles.dgrad_chunk, high=geo.out_channels)}
-    return {"wgrad_cols": sorted({1, 2, tiles.wgrad_cols}), "wgrad_images": around(tiles.wgrad_images, high=16),
-            "wgrad_channels": around(tiles.wgrad_channels, high=geo.in_channels)}
+    return _KNOBS[which](geo, tiles)
+
+
+_KNOBS: dict[str, Callable[[ConvGeometry, IrregularTiles], dict[str, list[int]]]] = {
+    "forward": lambda geo, tiles: {"fwd_rows": divisors(geo.out_h, max(1, 8 // vectors(geo.out_w)))},
+    "dgrad": lambda geo, tiles: {"dgrad_rows": divisors(geo.dx_rows, max(1, 8 // vectors(geo.dx_cols))),
+                                 "dgrad_chunk": around(tiles.dgrad_chunk, high=geo.out_channels)},
+    "wgrad": lambda geo, tiles: {"wgrad_cols": sorted({1, 2, tiles.wgrad_cols}),
+                                 "wgrad_images": around(tiles.wgrad_images, high=16),
+                                 "wgrad_channels": around(tiles.wgrad_channels, high=geo.in_channels)},
+}

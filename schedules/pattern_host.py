@@ -9,6 +9,7 @@ an image's scratch is built right before use and stays in L2, and parallelise ov
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mest_compile.compiler.formats.geometry import ConvGeometry
@@ -85,9 +86,13 @@ def dgrad_rows(geo: ConvGeometry) -> int:
 
 def pattern_knobs(geo: ConvGeometry, which: str, tiles: PatternTiles) -> dict[str, list[int]]:
     """Tile values the tuner tries for kernel `which` (register tiles up to ~32 accumulators)."""
-    if which == "forward":
-        return {"fwd_rows": divisors(geo.out_h, max(1, 8 // vectors(geo.out_w)))}
-    if which == "dgrad":
-        return {"dgrad_rows": divisors(geo.dx_rows, max(1, 8 // vectors(geo.dx_cols)))}
-    return {"wgrad_cols": sorted({1, 2, 4, tiles.wgrad_cols}), "wgrad_rows": divisors(geo.out_h, 4),
-            "wgrad_images": around(tiles.wgrad_images, high=16)}
+    return _KNOBS[which](geo, tiles)
+
+
+_KNOBS: dict[str, Callable[[ConvGeometry, PatternTiles], dict[str, list[int]]]] = {
+    "forward": lambda geo, tiles: {"fwd_rows": divisors(geo.out_h, max(1, 8 // vectors(geo.out_w)))},
+    "dgrad": lambda geo, tiles: {"dgrad_rows": divisors(geo.dx_rows, max(1, 8 // vectors(geo.dx_cols)))},
+    "wgrad": lambda geo, tiles: {"wgrad_cols": sorted({1, 2, 4, tiles.wgrad_cols}),
+                                 "wgrad_rows": divisors(geo.out_h, 4),
+                                 "wgrad_images": around(tiles.wgrad_images, high=16)},
+}
