@@ -20,7 +20,7 @@ from mest_compile.errors import MestError  # noqa: E402
 from mest_compile.sparsity.bounds import BoundSchedule  # noqa: E402
 from mest_compile.sparsity.compat import Compat  # noqa: E402
 from mest_compile.sparsity.data_efficiency import ForgettingTracker, read_importance, removal, write_importance  # noqa: E402
-from mest_compile.sparsity.module import SparseConv2d, sparse_layers, sparsify  # noqa: E402
+from mest_compile.sparsity.module import SparseConv2d, sparse_layers, sparsify, sparsify_  # noqa: E402
 from mest_compile.sparsity.mutation import ElasticMutation, MutationConfig  # noqa: E402
 from mest_compile.sparsity.profile import Profile, erk_profile, load_profile, save_profile, uniform_profile  # noqa: E402
 from mest_compile.sparsity.schemes import SCHEMES, get_scheme, list_schemes, mask_for  # noqa: E402
@@ -82,6 +82,7 @@ __all__ = [
     "sparse_conv2d",
     "sparse_layers",
     "sparsify",
+    "sparsify_",
     "uniform_profile",
     "write_importance",
 ]

@@ -236,3 +236,7 @@ def sparsify(
         _replace(model, module_name, sparse)
         layers[name] = sparse
     return layers
+
+
+#: `sparsify` with PyTorch's in-place spelling (torchao's `sparsify_`): it swaps `model`'s convs in place.
+sparsify_ = sparsify
