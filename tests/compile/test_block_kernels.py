@@ -113,17 +113,10 @@ def test_mest_resnet32_layers(cin, cout, size, stride):
 
 def test_chunked_input_gradient_is_exercised():
     from mest_compile.compiler.families import family_for
-from mest_compile.compiler.runtime.cache import kernels_for
-from mest_compile.compiler.runtime.compiled import CompiledKernels
     from mest_compile.compiler.formats import ConvGeometry
+    from mest_compile.compiler.runtime.cache import kernels_for
 
-BLOCK = family_for("block")
-
-
-def block_kernels(geometry: ConvGeometry) -> CompiledKernels:
-    return kernels_for(BLOCK, geometry)
-
-    kernels = block_kernels(ConvGeometry(2, 8, 8, 64, 3, 3, 1, 1))
+    kernels = kernels_for(family_for("block"), ConvGeometry(2, 8, 8, 64, 3, 3, 1, 1))
     assert kernels.tiles.dgrad_chunk < 64 // 4
 
 

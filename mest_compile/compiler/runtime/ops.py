@@ -5,9 +5,9 @@ runs the forward kernel of the kernel set registered as `kernels`; its autograd 
 `mest::packed_conv2d_dgrad` and `mest::packed_conv2d_wgrad`. Each kernel takes its index buffers
 in its own order (the family's `buffers` table), so the ops take three lists and need no
 per-family code. An op schema carries only strings and integer lists, so kernel sets are found
-by a handle (`register`): one dict lookup per call, no build cache, no lock. `values` are the packed kept weights (`fmt.values(weight)`), so the dense weight
-gets its gradient through that gather: exactly zero outside the mask. Tensors go to TVM zero-copy
-(DLPack).
+by a handle (`register`): one dict lookup per call, no build cache, no lock. `values` are the
+packed kept weights (`fmt.values(weight)`), so the dense weight gets its gradient through that
+gather: exactly zero outside the mask. Tensors go to TVM zero-copy (DLPack).
 
 The ops are declared with `torch.library.Library` and their autograd is an `autograd.Function`
 registered at the `Autograd` key, not `torch.library.custom_op`: custom_op's Python wrappers (a
