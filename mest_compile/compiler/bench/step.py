@@ -11,6 +11,7 @@ from torch import nn
 
 from mest_compile.compiler.api import compile_model
 from mest_compile.compiler.bench.timing import interleaved
+from mest_compile.compiler.target import Target
 from mest_compile.sparsity.module import sparse_layers, sparsify
 from mest_compile.sparsity.profile import uniform_profile
 from mest_compile.train.models import build_model
@@ -20,7 +21,7 @@ STEP_WARMUP = 8
 
 
 def bench_step(model_name: str, scheme: str, sparsity: float, batch: int, image: tuple[int, int, int], reps: int,
-               target: Any, generator: torch.Generator, num_classes: int = 10) -> dict[str, Any]:
+               target: Target, generator: torch.Generator, num_classes: int = 10) -> dict[str, Any]:
     """Median step time of the same sparse model with masked dense convs and with compiled kernels.
 
     Every layer the compiler can take is compiled, slower or not ("never" fallback), so the number
