@@ -161,6 +161,8 @@ def as_target(target: Any = "host") -> Target:
         return target
     if isinstance(target, str):
         return _target_of_text(target.strip())
+    if isinstance(target, dict):  # as its JSON, so a dict given on every call is resolved once
+        return _target_of_text(json.dumps(target, sort_keys=True))
     tgt = resolve_target(target)
     return Target(str(target), tgt, _derived_preset(str(target), tgt))
 

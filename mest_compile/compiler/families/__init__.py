@@ -25,6 +25,7 @@ then checks it like every other family (pack, build, gate, call, gradients again
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 from abc import ABC, abstractmethod
@@ -223,8 +224,9 @@ class KernelFamily(ABC):
 FAMILIES: Registry[KernelFamily] = Registry("compiled scheme")
 
 
+@functools.cache
 def _discover() -> None:
-    """Import every family module here (each registers itself): a new scheme needs no list edited."""
+    """Import every family module here once (each registers itself): a new scheme needs no list edited."""
     for info in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{info.name}")
 
@@ -233,7 +235,7 @@ def family_for(scheme: str) -> KernelFamily:
     """The family compiling `scheme` (a training-side scheme name or alias, or a family name)."""
     from mest_compile.sparsity.schemes import get_scheme
 
-    _discover_once()
+    _discover()
     if scheme in FAMILIES:
         return FAMILIES.get(scheme)
     name = get_scheme(scheme).name
@@ -246,21 +248,11 @@ def family_for(scheme: str) -> KernelFamily:
 
 def compiled_schemes() -> list[str]:
     """The training-side schemes some family compiles."""
-    _discover_once()
+    _discover()
     return [s for f in FAMILIES for s in FAMILIES.get(f).schemes]
 
 
 def families() -> list[KernelFamily]:
     """Every registered family."""
-    _discover_once()
+    _discover()
     return [FAMILIES.get(name) for name in FAMILIES]
-
-
-_DISCOVERED = False
-
-
-def _discover_once() -> None:
-    global _DISCOVERED
-    if not _DISCOVERED:
-        _discover()
-        _DISCOVERED = True

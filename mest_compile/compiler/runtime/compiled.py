@@ -61,10 +61,6 @@ class CompiledKernels:
         """`F.conv2d(x, weight * mask)` (no bias) for `fmt`'s mask, differentiable in `x` and `weight`."""
         return ops.packed_conv2d(x, weight, fmt, self)
 
-    def kernel(self, which: str) -> Any:
-        """The compiled function of phase `which`."""
-        return {"forward": self.forward, "dgrad": self.dgrad, "wgrad": self.wgrad}[which]
-
     def source(self, which: str = "forward", kind: str = "asm") -> str:
         """Generated code of one kernel (`which`: forward, dgrad, wgrad; `kind`: "asm" or "ll")."""
         return self.executables[which].mod.inspect_source(kind)
@@ -129,17 +125,22 @@ def compile_kernels(
 def build_kernels(family: KernelFamily, geometry: ConvGeometry, target: Target,
                   records: TunedChoices | None) -> CompiledKernels:
     """Compile `family`'s kernels of `geometry`, with the tiles and schedules `records` tuned for them."""
-    tiles, traces = records.choice(family, geometry, target) if records is not None else (None, {})
-    return compile_kernels(family, geometry, target, tiles, traces)
+    return compile_kernels(family, geometry, target, *_tuned(records, family, geometry, target))
 
 
 def device_forward_func(family: KernelFamily, geometry: ConvGeometry, target: Target,
                         records: TunedChoices | None) -> tvm.tirx.PrimFunc:
     """The forward kernel for `target`'s family, tuned when `records` have it (graph rewriting)."""
     kind = target.family
-    tiles, traces = records.choice(family, geometry, target) if records is not None else (None, {})
+    tiles, traces = _tuned(records, family, geometry, target)
     if "forward" not in traces:
         return kind.forward_func(family, geometry)
     tiles = tiles if tiles is not None else family.default_tiles(geometry, target)
     func = replay(kind.template(family, geometry, "forward", tiles), traces["forward"])["main"]
     return func.with_attr("tirx.is_scheduled", True) if kind.marks_scheduled else func
+
+
+def _tuned(records: TunedChoices | None, family: KernelFamily, geometry: ConvGeometry,
+           target: Target) -> tuple[Any, Mapping[str, Any]]:
+    """The tiles and traces `records` tuned for this build: `(None, {})` without records."""
+    return records.choice(family, geometry, target) if records is not None else (None, {})

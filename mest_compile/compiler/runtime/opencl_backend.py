@@ -21,8 +21,12 @@ from mest_compile.compiler.families import KernelFamily, PackedFormat
 from mest_compile.compiler.formats.geometry import ConvGeometry
 from mest_compile.compiler.phases import PHASES
 from mest_compile.compiler.runtime.backend import geometry_of
-from mest_compile.schedules.gpu import bind_spatial
+from mest_compile.compiler.target_families import family_of
 from mest_compile.sparsity.module import SparseConv2d
+
+
+#: How GPU kernels are templated and scheduled (the same kernels a `mali` / `adreno` build makes).
+_GPU = family_of("gpu")
 
 
 class OpenCLConvBackend:
@@ -44,8 +48,8 @@ class OpenCLConvBackend:
         """The compiled kernels of `geometry` (built on first use)."""
         if geometry not in self._functions:
             self._functions[geometry] = {
-                which: compile_opencl(bind_spatial(self.family.gpu_templates[which](geometry), ("conv",)), self.preset,
-                                      self.context)
+                which: compile_opencl(_GPU.schedule(_GPU.template(self.family, geometry, which, None), which)["main"],
+                                      self.preset, self.context)
                 for which in PHASES
             }
         return self._functions[geometry]
