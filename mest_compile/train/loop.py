@@ -28,6 +28,7 @@ from mest_compile.train import checkpoint, report
 from mest_compile.train.augment import augment_batch
 from mest_compile.train.config import TrainConfig
 from mest_compile.train.datasets import load_dataset
+from mest_compile.train.engine import StepEngine, build_engine
 from mest_compile.train.events import TrainingAlgorithm
 from mest_compile.train.models import build_model
 from mest_compile.train.optim import OPTIMIZERS, SCHEDULERS
@@ -70,6 +71,8 @@ class Trainer:
         self.algorithms: dict[str, TrainingAlgorithm] = build_algorithms(config)
         for algorithm in self.algorithms.values():
             algorithm.setup(self)
+        self.engine: StepEngine = build_engine(run.engine)
+        self.engine.setup(self)
         # Batches and augmentation draw only on this generator, so they repeat on resume.
         self.data_rng = torch.Generator().manual_seed(run.seed)
         self.history: list[dict[str, Any]] = []
@@ -89,13 +92,14 @@ class Trainer:
         return cls(config, run_dir, progress=progress, _state=state)
 
     # --- events ---
-    def _emit(self, event: str, *args: Any) -> None:
+    def emit(self, event: str, *args: Any) -> None:
+        """Call `event` on every enabled algorithm, in registration order."""
         for algorithm in self.algorithms.values():
             getattr(algorithm, event)(self, *args)
 
     def masks_updated(self, epoch: int, layers: tuple[str, ...]) -> None:
         """Called by an algorithm that changed the masks of `layers`: every algorithm hears of it."""
-        self._emit("on_mask_update", epoch, layers)
+        self.emit("on_mask_update", epoch, layers)
 
     @property
     def active(self) -> torch.Tensor:
@@ -147,7 +151,7 @@ class Trainer:
         """
         self.run_dir.mkdir(parents=True, exist_ok=True)
         report.rewrite_metrics(self.run_dir, self.history)
-        self._emit("on_fit_start")
+        self.emit("on_fit_start")
         epochs = self.config.optim.epochs
         end = epochs if stop_after is None else min(epochs, self.start_epoch + stop_after)
         for epoch in range(self.start_epoch, end):
@@ -162,7 +166,7 @@ class Trainer:
         report.write_summary(self.run_dir, summary)
         if self.history:
             report.plot_history(self.run_dir, self.history)
-        self._emit("on_fit_end", summary)
+        self.emit("on_fit_end", summary)
         return summary
 
     def run_epoch(self, epoch: int) -> dict[str, Any]:
@@ -188,7 +192,7 @@ class Trainer:
             **fields,
             "seconds": time.perf_counter() - start,
         }
-        self._emit("on_epoch_end", record)
+        self.emit("on_epoch_end", record)
         return record
 
     def _batches(self) -> list[torch.Tensor]:
@@ -201,23 +205,20 @@ class Trainer:
         self.model.train()
         batches = self._batches()
         total_loss, total_correct, seen = 0.0, 0, 0
+        self.engine.begin_epoch(self)
         with self._progress(batches, f"epoch {epoch + 1}/{self.config.optim.epochs}") as bar:
             for step, index in enumerate(bar):
-                self._emit("before_step", step, index)
+                self.emit("before_step", step, index)
                 x = self.data.train_x[index]
                 if self.data.augment:
                     x = augment_batch(x, self.data_rng, fill=self.data.pad_fill)
                 y = self.data.train_y[index]
-                logits = self.model(x)
-                loss = F.cross_entropy(logits, y)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self._emit("after_backward", step, step == len(batches) - 1)
-                self.optimizer.step()
-                self._emit("after_step", step, logits, y, index)
-                total_loss += loss.item() * len(y)
-                total_correct += int((logits.detach().argmax(dim=1) == y).sum())
+                loss, logits = self.engine.step(self, x, y, step, step == len(batches) - 1)
+                self.emit("after_step", step, logits, y, index)
+                total_loss += loss * len(y)
+                total_correct += int((logits.argmax(dim=1) == y).sum())
                 seen += len(y)
+        self.engine.end_epoch(self)
         return total_loss / seen, total_correct / seen
 
     @torch.no_grad()
@@ -261,6 +262,7 @@ class Trainer:
             "n_train": int(self.active.numel()),
             "compat": list(self.compat.enabled()),
             **summary_defaults(),
+            "engine": self.engine.summary(self),
             "layers": [
                 {"name": name, "shape": list(layer.weight.shape), "nnz": int(layer.mask.sum()),
                  "sparsity": layer.sparsity}

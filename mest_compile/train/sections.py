@@ -74,6 +74,9 @@ class RunConfig:
     compat: tuple[str, ...] = setting((), "comma-separated reference-behaviour switches, or 'reference' "
                                           "(see docs/QUIRKS.md)")
     threads: int | None = setting(None, "torch intra-op threads")  # None keeps torch's default
+    # torch: PyTorch eager (sparse layers masked dense, or compiled kernels with --compiled);
+    # tvm: the whole step (forward, loss, gradients, SGD) compiled by TVM for --target.
+    engine: str = setting("torch", "step engine: torch (PyTorch eager) or tvm (the whole training step compiled by TVM)")
 
 
 def require_positive(section: Any, *names: str) -> None:

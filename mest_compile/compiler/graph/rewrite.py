@@ -41,11 +41,12 @@ from mest_compile.errors import MestError
 MODES = ("runtime", "constant")
 
 
-def kernel_name(family: KernelFamily, geo: ConvGeometry, kind: TargetFamily) -> str:
-    """A readable, unique PrimFunc name per (scheme, geometry, target family); CPU kernels carry no suffix."""
+def kernel_name(family: KernelFamily, geo: ConvGeometry, kind: TargetFamily, phase: str = "forward") -> str:
+    """A readable, unique PrimFunc name per (scheme, phase, geometry, target family); CPU kernels carry no suffix."""
     shape = f"c{geo.in_channels}h{geo.in_h}w{geo.in_w}_o{geo.out_channels}k{geo.kernel_h}x{geo.kernel_w}s{geo.stride}p{geo.padding}"
     suffix = "" if kind.name == "cpu" else f"_{kind.name}"
-    return f"{family.name}_fwd{suffix}_{shape}"
+    short = {"forward": "fwd"}.get(phase, phase)
+    return f"{family.name}_{short}{suffix}_{shape}"
 
 
 def _tensor_of(const: tvm.ir.GenericConst) -> torch.Tensor:

@@ -1,0 +1,190 @@
+"""Build the compiled training step: gradient of the lowered step, SGD appended, one `train_step`.
+
+`train_step(x, onehot, lr, *trainable, *momenta, *inputs) -> (loss, logits, *new_trainable,
+*new_momenta, *new_states, *gradients)`, where `trainable` are the model's parameters with each
+compiled sparse layer's weight replaced by its packed `values`, and `inputs` everything else the
+step reads (running statistics, index buffers, row masks, masks of dense-masked layers). The
+optimizer is PyTorch's SGD (momentum, weight decay, no dampening); on packed values it updates
+and keeps momentum only where the mask is, so pruned weights need no re-masking.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import tvm
+from tvm import relax
+
+from mest_compile.compiler.step.sparse import Lowered
+from mest_compile.compiler.target import Target
+from mest_compile.errors import MestError
+
+
+@dataclass(frozen=True)
+class Sgd:
+    """PyTorch SGD's settings the step bakes in (the learning rate is an input: schedules change it)."""
+
+    momentum: float
+    weight_decay: float
+
+
+@dataclass(frozen=True)
+class Argument:
+    """One parameter of the step after `(x, onehot)`: what it holds.
+
+    `kind`: "param" (a model parameter, `name` its PyTorch name), "values" / "rows" / "buffer"
+    (a compiled sparse layer `name`'s packed values, row mask, or index buffer `field`), "state"
+    (a running-statistics buffer), "mask" (a dense-masked sparse layer's mask).
+    """
+
+    kind: str
+    name: str
+    field: str = ""
+
+    @property
+    def trainable(self) -> bool:
+        """Whether SGD updates it (it has a gradient and a momentum)."""
+        return self.kind in ("param", "values")
+
+
+@dataclass
+class BuiltStep:
+    """A compiled `train_step` and the meaning of its arguments."""
+
+    vm: Any
+    executable: Any
+    module: tvm.IRModule
+    arguments: list[Argument]
+    num_states: int
+    build_seconds: float
+
+    @property
+    def trainable(self) -> list[Argument]:
+        """The arguments SGD updates, in `train_step`'s order."""
+        return [a for a in self.arguments if a.trainable]
+
+    @property
+    def inputs(self) -> list[Argument]:
+        """The other arguments, in `train_step`'s order."""
+        return [a for a in self.arguments if not a.trainable]
+
+
+def classify(lowered: Lowered, param_names: dict[str, str], states: tuple[str, ...], n_inputs: int) -> list[Argument]:
+    """What each of the lowered `main`'s parameters after the inputs holds."""
+    by_var: dict[str, Argument] = {}
+    for relax_name, slot in lowered.slots.items():
+        by_var[slot.values.name] = Argument("values", slot.layer)
+        by_var[slot.rows.name] = Argument("rows", slot.layer)
+        for buffer, var in slot.params.items():
+            by_var[var.name] = Argument("buffer", slot.layer, buffer)
+    for dense in lowered.dense.values():
+        by_var[dense.mask.name] = Argument("mask", dense.layer)
+    out = []
+    for p in lowered.module["main"].params[n_inputs:]:
+        if p.name in by_var:
+            out.append(by_var[p.name])
+        else:
+            name = param_names[p.name]
+            out.append(Argument("state" if name in states else "param", name))
+    return out
+
+
+def _returned_tuple(func: relax.Function) -> relax.Function:
+    """`func` returning a literal tuple of its outputs (`Gradient` differentiates one field of it)."""
+    blocks = list(func.body.blocks)
+    ret = func.body.body
+    bindings, fields = [], None
+    for binding in blocks[-1].bindings:
+        if binding.var.same_as(ret) and isinstance(binding.value, relax.Tuple):
+            fields = list(binding.value.fields)
+        else:
+            bindings.append(binding)
+    if fields is None:
+        raise MestError("the traced step does not end in a tuple of outputs")
+    outs = []
+    for i, value in enumerate(fields):
+        out = relax.Var(f"output{i}", value.ty)
+        bindings.append(relax.VarBinding(out, value))
+        outs.append(out)
+    blocks[-1] = relax.DataflowBlock(bindings)
+    return relax.Function(func.params, relax.SeqExpr(blocks, relax.Tuple(outs)), func.ret_ty, func.is_pure,
+                          attrs=func.attrs)
+
+
+@relax.expr_functor.mutator
+class _PlainCallTir(relax.PyExprMutator):
+    """`call_tir_with_grad` -> `call_tir` once differentiated (the VM cannot run the former)."""
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:  # noqa: D102
+        call = self.visit_expr_post_order(call)
+        if isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.call_tir_with_grad":
+            return relax.call_tir(call.args[0], call.args[1], call.ty_args[0])
+        return call
+
+
+def _append_sgd(mod: tvm.IRModule, arguments: list[Argument], num_states: int, sgd: Sgd) -> tvm.IRModule:
+    """Add `train_step` (see the module docstring) calling `main_adjoint` and SGD."""
+    adjoint = mod.get_global_var("main_adjoint")
+    main = mod["main_adjoint"]
+    x, onehot, *rest = main.params
+    fresh = {p.name: relax.Var(p.name, p.ty) for p in main.params}
+    trainable = [fresh[p.name] for p, a in zip(rest, arguments, strict=True) if a.trainable]
+    others = [fresh[p.name] for p, a in zip(rest, arguments, strict=True) if not a.trainable]
+    momenta = [relax.Var(f"{p.name}_momentum", p.ty) for p in trainable]
+    lr = relax.Var("lr", relax.TensorType([], "float32"))
+    bb = relax.BlockBuilder(mod)
+    params = [fresh[x.name], fresh[onehot.name], lr, *trainable, *momenta, *others]
+    with bb.function("train_step", params):
+        out = bb.emit(relax.Call(adjoint, [fresh[p.name] for p in main.params]))
+        forward, grads = bb.emit(relax.TupleGetItem(out, 0)), bb.emit(relax.TupleGetItem(out, 1))
+        new_params, new_momenta, grad_list = [], [], []
+        for i, (p, v) in enumerate(zip(trainable, momenta, strict=True)):
+            g = bb.emit(relax.TupleGetItem(grads, i))
+            grad_list.append(g)
+            step = bb.emit(relax.op.add(g, relax.op.multiply(p, relax.const(sgd.weight_decay, "float32")))) \
+                if sgd.weight_decay else g
+            if sgd.momentum:
+                step = bb.emit(relax.op.add(relax.op.multiply(v, relax.const(sgd.momentum, "float32")), step))
+            new_momenta.append(step)
+            new_params.append(bb.emit(relax.op.subtract(p, relax.op.multiply(step, lr))))
+        results = [bb.emit(relax.TupleGetItem(forward, i)) for i in range(2 + num_states)]
+        bb.emit_func_output(relax.Tuple([*results[:2], *new_params, *new_momenta, *results[2:], *grad_list]))
+    return bb.get()
+
+
+def build_step(lowered: Lowered, arguments: list[Argument], num_states: int, target: Target, sgd: Sgd) -> BuiltStep:
+    """Differentiate the lowered step, append SGD, and compile it for `target`.
+
+    Raises:
+        MestError: an op of the model has no Relax gradient (naming it), or the build failed.
+    """
+    start = time.perf_counter()
+    mod = lowered.module
+    mod["main"] = _returned_tuple(mod["main"])
+    n_in = 2
+    params = mod["main"].params[n_in:]
+    require = [p for p, a in zip(params, arguments, strict=True) if a.trainable]
+    try:
+        mod = relax.transform.Gradient("main", require_grads=require, target_index=0)(mod)
+    except (RuntimeError, ValueError, TypeError) as err:
+        raise MestError(f"the training step cannot be differentiated in Relax: {_reason(err)}") from None
+    finally:
+        lowered.release()
+    for gvar, func in list(mod.functions.items()):
+        if isinstance(func, relax.Function):
+            mod[gvar] = _PlainCallTir(mod).visit_expr(func)
+    mod = _append_sgd(mod, arguments, num_states, sgd)
+    try:
+        executable = tvm.compile(mod, target=target.tvm)
+    except (RuntimeError, ValueError, TypeError) as err:
+        raise MestError(f"the training step did not build for {target.name}: {_reason(err)}") from None
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    return BuiltStep(vm=vm, executable=executable, module=mod, arguments=arguments, num_states=num_states,
+                     build_seconds=time.perf_counter() - start)
+
+
+def _reason(err: BaseException) -> str:
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(err).__name__

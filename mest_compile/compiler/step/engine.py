@@ -1,0 +1,231 @@
+"""`--engine tvm`: the trainer's steps run as one compiled TVM function per batch size.
+
+The step is traced, lowered (sparse layers on their scheme's kernels) and built on the first epoch
+and once per new batch size (a partial last batch has its own static shape). Between
+`begin_epoch` and `end_epoch` the weights, momenta and running statistics live in the step's
+arrays; the model and the optimizer get them back at the end of every epoch, so evaluation,
+Elastic Mutation and checkpoints work on the model as with the torch engine. A mutation then
+repacks each changed layer's buffers in place when the recompile policy allows (same executable)
+and rebuilds the step when a layer overflows its capacity or drifts too far.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+import tvm
+
+from mest_compile.compiler.families import PackedFormat, family_for
+from mest_compile.compiler.runtime.cache import CACHE
+from mest_compile.compiler.runtime.policy import RecompilePolicy
+from mest_compile.compiler.step.build import Argument, BuiltStep, Sgd, build_step, classify
+from mest_compile.compiler.step.sparse import lower
+from mest_compile.compiler.step.state import momentum_of, pack_tensor, unpack_tensor
+from mest_compile.compiler.step.trace import TracedStep, trace_step
+from mest_compile.compiler.target import Target, as_target
+from mest_compile.compiler.tune.records import TuningRecords
+from mest_compile.errors import MestError
+from mest_compile.train.engine import StepEngine
+
+if TYPE_CHECKING:
+    from mest_compile.train.loop import Trainer
+
+# What the step counts in the summary.
+COUNTERS = ("builds", "packs", "repacks", "rebuilds", "overflows")
+
+
+class TvmEngine(StepEngine):
+    """Runs each training step as one compiled TVM function (see the module docstring)."""
+
+    name = "tvm"
+
+    def __init__(self, policy: RecompilePolicy | None = None) -> None:
+        self.policy = policy or RecompilePolicy()
+        self.counts = dict.fromkeys(COUNTERS, 0)
+        self.build_seconds = 0.0
+        self.target: Target | None = None
+        self.sgd: Sgd | None = None
+        self.records: TuningRecords | None = None
+        self._traces: dict[tuple[int, ...], TracedStep] = {}
+        self._steps: dict[tuple[int, ...], BuiltStep] = {}
+        self.formats: dict[str, PackedFormat] = {}
+        self.report: dict[str, dict[str, Any]] = {}
+        self._versions: dict[str, int] = {}
+        self._arrays: dict[Argument, Any] = {}
+        self._momenta: dict[Argument, Any] = {}
+        self._steps_this_epoch = 0
+
+    # --- the engine's events -------------------------------------------------------------------
+    def setup(self, trainer: Trainer) -> None:
+        """Refuse what the compiled step cannot run, in one line."""
+        cfg = trainer.config
+        if cfg.compile.compiled:
+            raise MestError("--engine tvm compiles the whole step; --compiled (compiled convs behind torch ops) belongs "
+                            "to --engine torch: drop one of them")
+        if cfg.optim.optimizer != "sgd":
+            raise MestError(f"--engine tvm trains with SGD; --optimizer {cfg.optim.optimizer} runs on --engine torch")
+        group = trainer.optimizer.param_groups[0]
+        if group.get("nesterov") or group.get("dampening"):
+            raise MestError("--engine tvm runs SGD without dampening or Nesterov momentum")
+        self.sgd = Sgd(momentum=float(group["momentum"]), weight_decay=float(group["weight_decay"]))
+        self.target = as_target(cfg.compile.target)
+        if self.target.family.name != "cpu" or _cross_triple(self.target):
+            raise MestError(f"--engine tvm runs the step on this machine's CPU; target {self.target.name!r} is not it "
+                            "(use --target host)")
+        self.records = TuningRecords(cfg.compile.work_dir) if cfg.compile.work_dir is not None else None
+
+    def begin_epoch(self, trainer: Trainer) -> None:
+        """Repack or rebuild for changed masks, then push the model's state into the step's arrays."""
+        self._steps_this_epoch = 0
+        if self._steps:
+            self._absorb_mutations(trainer)
+        if not self._steps:
+            self._build(trainer, self._batch_shape(trainer, trainer.config.optim.batch_size))
+        self._push(trainer)
+
+    def step(self, trainer: Trainer, x: torch.Tensor, y: torch.Tensor, step: int, last: bool) -> tuple[float, torch.Tensor]:
+        """One compiled SGD step; on the epoch's last step the gradients are written to the model's `.grad`."""
+        shape = tuple(x.shape)
+        built = self._steps.get(shape) or self._build(trainer, shape)
+        trainable = built.trainable
+        onehot = F.one_hot(y, trainer.data.num_classes).float()
+        lr = tvm.runtime.tensor(torch.tensor(trainer.optimizer.param_groups[0]["lr"], dtype=torch.float32).numpy())
+        args = [_to_tvm(x), _to_tvm(onehot), lr, *(self._arrays[a] for a in trainable),
+                *(self._momenta[a] for a in trainable), *(self._arrays[a] for a in built.inputs)]
+        out = built.vm["train_step"](*args)
+        n = len(trainable)
+        loss, logits = float(out[0].numpy()), torch.from_numpy(out[1].numpy())
+        for i, arg in enumerate(trainable):
+            self._arrays[arg] = out[2 + i]
+            self._momenta[arg] = out[2 + n + i]
+        states = [a for a in built.inputs if a.kind == "state"]
+        for i, arg in enumerate(states):
+            self._arrays[arg] = out[2 + 2 * n + i]
+        if last:
+            grads = [out[2 + 2 * n + len(states) + i] for i in range(n)]
+            self._write_grads(trainer, trainable, grads)
+        self._steps_this_epoch += 1
+        trainer.emit("after_backward", step, last)
+        return loss, logits
+
+    def end_epoch(self, trainer: Trainer) -> None:
+        """Write weights, momenta and running statistics back to the model and the optimizer."""
+        params = dict(trainer.model.named_parameters())
+        tensors = {**params, **dict(trainer.model.named_buffers())}
+        with torch.no_grad():
+            for arg, array in self._arrays.items():
+                if arg.trainable:
+                    param = params[arg.name]
+                    param.copy_(unpack_tensor(arg, array, trainer.layers, self.formats))
+                    state = trainer.optimizer.state.setdefault(param, {})
+                    state["momentum_buffer"] = unpack_tensor(arg, self._momenta[arg], trainer.layers, self.formats)
+                elif arg.kind == "state":
+                    tensors[arg.name].copy_(torch.from_numpy(array.numpy()))
+            for name in self._any_trace().batch_norms:
+                tensors[f"{name}.num_batches_tracked"] += self._steps_this_epoch
+
+    def summary(self, trainer: Trainer) -> dict[str, Any]:
+        """What the step did: builds, packs, repacks, rebuilds; each sparse layer's status."""
+        return {"name": self.name, "target": self.target.name if self.target else None, **self.counts,
+                "build_seconds": round(self.build_seconds, 3), "layers": self.report}
+
+    # --- building ------------------------------------------------------------------------------
+    def _batch_shape(self, trainer: Trainer, batch: int) -> tuple[int, ...]:
+        return (batch, *trainer.data.train_x.shape[1:])
+
+    def _any_trace(self) -> TracedStep:
+        return next(iter(self._traces.values()))
+
+    def _build(self, trainer: Trainer, shape: tuple[int, ...]) -> BuiltStep:
+        assert self.target is not None and self.sgd is not None
+        start = time.perf_counter()
+        traced = self._traces.get(shape)
+        if traced is None:
+            with torch.random.fork_rng(devices=[]):
+                traced = trace_step(trainer.model, shape, trainer.data.num_classes)
+            self._traces[shape] = traced
+        layers = {relax: (name, trainer.layers[name]) for relax, name in traced.param_names.items()
+                  if name in trainer.layers}
+        fresh = [name for _, (name, _) in layers.items() if name not in self.formats]
+        with torch.random.fork_rng(devices=[]):
+            lowered = lower(tvm.IRModule(dict(traced.module.functions)), layers, self.formats, CACHE, self.target,
+                            self.records, self.policy.capacity)
+        arguments = classify(lowered, traced.param_names, traced.states, 2)
+        built = build_step(lowered, arguments, len(traced.states), self.target, self.sgd)
+        for slot in lowered.slots.values():
+            if slot.layer in fresh:
+                self.counts["packs"] += 1
+            self.formats[slot.layer] = slot.fmt
+            self._versions[slot.layer] = trainer.layers[slot.layer].mask_version
+            self.report[slot.layer] = {"status": "compiled", "scheme": slot.family.scheme_name,
+                                       "capacity": slot.fmt.capacity, "units": slot.fmt.nnz}
+        for dense in lowered.dense.values():
+            self.report[dense.layer] = {"status": "dense", "reason": dense.reason}
+        self._signatures = {name: fmt.signature() for name, fmt in self.formats.items()}
+        self._steps[shape] = built
+        self.counts["builds"] += 1
+        self.build_seconds += time.perf_counter() - start
+        if self._arrays:  # a new batch size mid-epoch: same arguments, the arrays carry over
+            self._check_same_arguments(built)
+        return built
+
+    def _check_same_arguments(self, built: BuiltStep) -> None:
+        missing = [a for a in built.arguments if a not in self._arrays]
+        if missing:
+            raise MestError(f"the step built for another batch size takes other arguments ({missing[0]})")
+
+    def _absorb_mutations(self, trainer: Trainer) -> None:
+        """Repack layers whose mask changed; rebuild the step when one must (overflow, padding, drift)."""
+        rebuild = False
+        for name, fmt in list(self.formats.items()):
+            layer = trainer.layers[name]
+            if self._versions.get(name) == layer.mask_version:
+                continue
+            units = family_for(layer.scheme.name).units(layer.mask)
+            if units > fmt.capacity:
+                self.counts["overflows"] += 1
+                decision = "overflow"
+            else:
+                fmt.repack_(layer.mask)
+                decision = self.policy.decide(units, fmt.capacity, fmt.signature(), self._signatures[name])
+            self._versions[name] = layer.mask_version
+            if decision == "reuse":
+                self.counts["repacks"] += 1
+                self.report[name]["units"] = fmt.nnz
+            else:
+                del self.formats[name]  # packed afresh with a capacity for the new mask
+                self.report[name]["rebuilt"] = decision
+                rebuild = True
+        if rebuild:
+            self.counts["rebuilds"] += 1
+            self._steps.clear()
+
+    # --- moving state --------------------------------------------------------------------------
+    def _push(self, trainer: Trainer) -> None:
+        built = next(iter(self._steps.values()))
+        params = dict(trainer.model.named_parameters())
+        tensors = {**params, **dict(trainer.model.named_buffers())}
+        capacity = {name: fmt.capacity for name, fmt in self.formats.items()}
+        self._arrays, self._momenta = {}, {}
+        for arg in built.arguments:
+            self._arrays[arg] = pack_tensor(arg, tensors, trainer.layers, self.formats, capacity)
+            if arg.trainable:
+                momentum = momentum_of(trainer.optimizer, params[arg.name])
+                self._momenta[arg] = pack_tensor(arg, tensors, trainer.layers, self.formats, capacity, source=momentum)
+
+    def _write_grads(self, trainer: Trainer, trainable: list[Argument], grads: list[Any]) -> None:
+        params = dict(trainer.model.named_parameters())
+        for arg, grad in zip(trainable, grads, strict=True):
+            params[arg.name].grad = unpack_tensor(arg, grad, trainer.layers, self.formats)
+
+
+def _cross_triple(target: Target) -> bool:
+    triple = str(target.tvm.attrs.get("mtriple", "")) if target.tvm.attrs is not None else ""
+    return bool(triple) and not triple.startswith("x86_64")
+
+
+def _to_tvm(t: torch.Tensor) -> Any:
+    return tvm.runtime.from_dlpack(t.detach().contiguous())

@@ -1,0 +1,243 @@
+"""The pass of the compiled training step: masked convs become scheme kernels with their gradients.
+
+Each `conv2d(x, weight * mask)` of a sparse layer whose scheme compiles becomes
+`call_tir_with_grad` of the scheme's forward kernel; the registered gradient
+(`tvm.relax.te_grad._register.mest_sparse_conv`) emits `call_tir` of the input-gradient and
+masked weight-gradient kernels, so Relax's `Gradient` pass differentiates the step with our
+kernels and never sees a dense conv of the layer. The layer's weight parameter becomes its packed
+`values` (capacity rows, the rows past the mask's units zero) and the format's index buffers become
+parameters too: a mutation that fits the capacity is a new argument list for the same executable.
+`call_tir_with_grad` passes its arguments to the forward kernel only, so the forward is wrapped to
+take every buffer of the layer and the row mask (the gradient finds its own among the call's
+arguments: `Gradient` copies the function, so only the call's arguments are in scope there).
+
+A sparse layer that cannot compile (no family, no kernel for its geometry) stays a dense conv with
+its mask as a runtime input (a mutation must reach it too), and the report says why.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import tvm
+import tvm_ffi
+from tvm import relax, tirx
+
+from mest_compile.compiler.families import KernelFamily, PackedFormat, family_for
+from mest_compile.compiler.formats.geometry import ConvGeometry
+from mest_compile.compiler.graph.match import match_masked_conv
+from mest_compile.compiler.graph.rewrite import kernel_name
+from mest_compile.compiler.phases import PHASES
+from mest_compile.compiler.runtime.cache import KernelCache
+from mest_compile.compiler.runtime.compiled import CompiledKernels
+from mest_compile.compiler.runtime.gate import KernelGateError
+from mest_compile.compiler.runtime.records import TunedChoices
+from mest_compile.compiler.target import Target
+from mest_compile.errors import MestError
+
+_GRAD_NAME = "mest_sparse_conv"
+#: Layers being differentiated, by the key their `call_tir_with_grad` carries (filled by `lower`,
+#: read by the gradient handler, emptied after `Gradient`).
+_PENDING: dict[str, tuple[SparseSlot, tvm.ir.GlobalVar, tvm.ir.GlobalVar]] = {}
+_KEYS = itertools.count()
+
+
+@dataclass
+class SparseSlot:
+    """One sparse layer on compiled kernels inside the step.
+
+    Attributes:
+        layer: the PyTorch weight name.
+        family: the scheme's kernel family; `kernels`: its gated kernels of `geometry`.
+        fmt: the layer's packed format (capacity rows).
+        buffers: the format's index buffers the step takes, forward's first.
+        values: the `values` parameter (capacity rows); `rows`: 1 for rows in use, 0 past them
+            (the weight gradient's rows past the mask are not written by the kernel).
+        params: the index buffers' parameters, by buffer name.
+    """
+
+    layer: str
+    family: KernelFamily
+    geometry: ConvGeometry
+    kernels: CompiledKernels
+    fmt: PackedFormat
+    buffers: tuple[str, ...]
+    values: relax.Var
+    rows: relax.Var
+    params: dict[str, relax.Var] = field(default_factory=dict)
+
+    @property
+    def capacity(self) -> int:
+        """Rows of `values`."""
+        return int(self.values.ty.shape.values[0])
+
+
+@dataclass(frozen=True)
+class DenseMasked:
+    """A sparse layer left as the dense conv: its mask is a runtime input `mask` (float32)."""
+
+    layer: str
+    reason: str
+    mask: relax.Var
+
+
+@tvm_ffi.register_global_func(f"tvm.relax.te_grad._register.{_GRAD_NAME}", override=True)
+def _sparse_conv_gradient(orig_var: relax.Var, call: relax.Call, dy: relax.Expr, ctx: relax.BlockBuilder) -> relax.Expr:
+    """The adjoints of `call_tir_with_grad(forward, (x, values, *buffers))`: input and values gradients."""
+    slot, dgrad, wgrad = _PENDING[str(call.attrs.te_grad_kwargs["key"])]
+    x, values, *buffers, rows = call.args[1].fields
+    by_name = dict(zip(slot.buffers, buffers, strict=True))
+    dx = ctx.emit(relax.call_tir(dgrad, [dy, values, *(by_name[b] for b in slot.family.buffers["dgrad"])], x.ty))
+    dvalues = ctx.emit(relax.call_tir(wgrad, [x, dy, *(by_name[b] for b in slot.family.buffers["wgrad"])], values.ty))
+    dvalues = ctx.emit(relax.op.multiply(dvalues, rows))
+    zeros = [ctx.emit(relax.op.zeros_like(b)) for b in (*buffers, rows)]
+    return ctx.emit(relax.Tuple([dx, dvalues, *zeros]))
+
+
+def _with_extra_buffers(func: tirx.PrimFunc, extra: list[tirx.Buffer]) -> tirx.PrimFunc:
+    """`func` taking `extra` (unused) buffers before its output."""
+    params = list(func.params)
+    return tirx.PrimFunc([*params[:-1], *extra, params[-1]], func.body, func.ret_type, func.attrs)
+
+
+def _dtype(t: torch.Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
+
+
+@relax.expr_functor.mutator
+class _Lowering(relax.PyExprMutator):
+    """Replaces each sparse layer's masked conv (see the module docstring)."""
+
+    def __init__(self, mod: tvm.IRModule, func: relax.Function, layers: Mapping[str, Any],
+                 formats: Mapping[str, PackedFormat], cache: KernelCache, target: Target,
+                 records: TunedChoices | None, capacity: Any) -> None:
+        super().__init__(mod)
+        self.var2val = relax.analysis.get_var2val(func)
+        self.layers, self.formats, self.cache, self.target = layers, formats, cache, target
+        self.records, self.capacity = records, capacity
+        self.slots: dict[str, SparseSlot] = {}
+        self.dense: dict[str, DenseMasked] = {}
+        self.funcs: dict[tuple[str, str, ConvGeometry], tvm.ir.GlobalVar] = {}
+        self.keys: list[str] = []
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:  # noqa: D102
+        new = self.visit_expr_post_order(call)
+        matched = match_masked_conv(call, self.var2val, set(self.layers), {})
+        if matched is None or not isinstance(matched.weight, relax.Var) or matched.weight.name not in self.layers:
+            return new
+        relax_name = matched.weight.name
+        layer_name, module = self.layers[relax_name]
+        try:
+            return self._sparse(new, matched.geometry, matched.reason, relax_name, layer_name, module, call)
+        except MestError as err:
+            mask = relax.Var(f"{relax_name}_mask", matched.weight.ty)
+            self.dense[relax_name] = DenseMasked(layer=layer_name, reason=str(err), mask=mask)
+            weight = new.args[1].args[0] if _is_weight_first(new.args[1], matched.weight) else new.args[1].args[1]
+            return relax.Call(new.op, [new.args[0], relax.op.multiply(weight, mask)], new.attrs)
+
+    def _sparse(self, new: relax.Call, geo: ConvGeometry | None, reason: str | None, relax_name: str,
+                layer_name: str, module: Any, call: relax.Call) -> relax.Expr:
+        if geo is None:
+            raise MestError(reason or "no geometry")
+        if relax_name in self.slots:
+            raise MestError("the weight is used by two convs")
+        family = family_for(module.scheme.name)
+        why = family.supports(geo)
+        if why is not None:
+            raise MestError(f"scheme {family.scheme_name!r} cannot compile this layer: {why}")
+        try:
+            kernels = self.cache.kernels_for(family, geo, self.target, self.records)
+        except KernelGateError as err:
+            raise MestError(str(err)) from None
+        fmt = self.formats.get(layer_name)
+        if fmt is None or fmt.geometry != geo or fmt.capacity < family.units(module.mask):
+            fmt = kernels.pack(module.mask, capacity=self.capacity(family.units(module.mask)))
+        else:
+            fmt.repack_(module.mask)
+        values = fmt.values(module.weight.detach())
+        capacity = fmt.capacity
+        order = [*family.buffers["forward"]]
+        order += [b for phase in PHASES for b in family.buffers[phase] if b not in order]
+        params = {b: relax.Var(f"{relax_name}_{b}", relax.TensorType(list(getattr(fmt, b).shape), _dtype(getattr(fmt, b))))
+                  for b in order}  # fmt: skip
+        row_shape = [capacity, *([1] * (values.dim() - 1))]
+        slot = SparseSlot(layer=layer_name, family=family, geometry=geo, kernels=kernels, fmt=fmt, buffers=tuple(order),
+                          values=relax.Var(f"{relax_name}_values", relax.TensorType([capacity, *values.shape[1:]], "float32")),
+                          rows=relax.Var(f"{relax_name}_rows", relax.TensorType(row_shape, "float32")), params=params)
+        self.slots[relax_name] = slot
+        forward = self._func(slot, "forward", [*(params[b] for b in order if b not in family.buffers["forward"]), slot.rows])
+        dgrad, wgrad = self._func(slot, "dgrad"), self._func(slot, "wgrad")
+        key = f"{next(_KEYS)}:{relax_name}"
+        _PENDING[key] = (slot, dgrad, wgrad)
+        self.keys.append(key)
+        out = relax.TensorType(list(call.ty.shape.values), "float32")
+        return relax.call_tir_with_grad(forward, [new.args[0], slot.values, *(params[b] for b in order), slot.rows], out,
+                                        te_grad_name=_GRAD_NAME, te_grad_kwargs={"key": key})
+
+    def _func(self, slot: SparseSlot, phase: str, extra: list[relax.Var] | None = None) -> tvm.ir.GlobalVar:
+        """The scheduled kernel of `phase` added once per (scheme, phase, geometry); the forward takes `extra`."""
+        key = (slot.family.name, phase, slot.geometry)
+        if key not in self.funcs:
+            func = slot.kernels.modules[phase]["main"]
+            if extra is not None:
+                func = _with_extra_buffers(func, [tirx.decl_buffer([int(d) for d in v.ty.shape.values], str(v.ty.dtype),
+                                                                   name=f"unused_{v.name}") for v in extra])
+            name = kernel_name(slot.family, slot.geometry, self.target.family, phase=phase)
+            self.funcs[key] = self.builder_.add_func(func.with_attr("global_symbol", name), name)
+        return self.funcs[key]
+
+
+def _is_weight_first(product: relax.Call, weight: relax.Var) -> bool:
+    first = product.args[0]
+    return isinstance(first, relax.Var) and first.same_as(weight)
+
+
+@dataclass
+class Lowered:
+    """The step's `main` with sparse layers on kernels, and what each sparse layer became."""
+
+    module: tvm.IRModule
+    slots: dict[str, SparseSlot]
+    dense: dict[str, DenseMasked]
+    keys: list[str]
+
+    def release(self) -> None:
+        """Forget the layers' gradient entries (after `Gradient` ran)."""
+        for key in self.keys:
+            _PENDING.pop(key, None)
+
+
+def lower(module: tvm.IRModule, layers: Mapping[str, Any], formats: Mapping[str, PackedFormat], cache: KernelCache,
+          target: Target, records: TunedChoices | None, capacity: Any) -> Lowered:
+    """Replace the masked convs of `module["main"]` (see the module docstring).
+
+    Args:
+        layers: Relax weight parameter name -> (PyTorch weight name, its `SparseConv2d`).
+        formats: packed formats to reuse by layer (a rebuild keeps capacities that still fit).
+        capacity: `units -> capacity` of a layer packed afresh (the recompile policy's).
+    """
+    func = module["main"]
+    lowering = _Lowering(module, func, layers, formats, cache, target, records, capacity)
+    body = lowering.visit_expr(func.body)
+    params: list[relax.Var] = []
+    for p in func.params:
+        slot = lowering.slots.get(p.name)
+        dense = lowering.dense.get(p.name)
+        if slot is not None:
+            params += [slot.values, slot.rows, *(slot.params[b] for b in slot.buffers)]
+        else:
+            params.append(p)
+            if dense is not None:
+                params.append(dense.mask)
+    out = lowering.builder_.get()
+    # The replaced `weight * mask` bindings still name the weight: drop them before the weight goes.
+    old = {p.name for p in func.params}
+    every = [*func.params, *(p for p in params if p.name not in old)]
+    body = relax.analysis.remove_all_unused(relax.Function(every, body, func.ret_ty)).body
+    main = relax.Function(params, body, func.ret_ty, func.is_pure, attrs=func.attrs)
+    out["main"] = main.without_attr("params") if "params" in (func.attrs or {}) else main
+    return Lowered(module=out, slots=lowering.slots, dense=lowering.dense, keys=lowering.keys)
