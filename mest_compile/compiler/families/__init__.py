@@ -125,6 +125,9 @@ class KernelFamily(ABC):
     gpu_templates: ClassVar[Mapping[str, GpuTemplate]] = {}
     #: `(format attribute, tiles attribute)` pairs: the layout choices a format shares with its kernels.
     packing: ClassVar[tuple[tuple[str, str], ...]] = ()
+    #: Whether the kernels visit every row of `values` (rather than the rows the index buffers point
+    #: to): then `values` must hold exactly the mask's units, never zero padding up to the capacity.
+    visits_every_value_row: ClassVar[bool] = False
 
     @property
     def scheme_name(self) -> str:

@@ -30,6 +30,8 @@ class ChannelFamily(KernelFamily):
     name = "channel"
     schemes = (SCHEME,)
     unit = "filter"
+    # The forward writes output channel `kept[j]` for every row `j` of `values`.
+    visits_every_value_row = True
     entries: ClassVar[dict[str, str]] = {"forward": "channel_fwd", "dgrad": "channel_dgrad", "wgrad": "channel_wgrad"}
     buffers: ClassVar[dict[str, tuple[str, ...]]] = {"forward": ("kept", "slot"), "dgrad": ("kept",), "wgrad": ("kept",)}
     templates: ClassVar[dict[str, Any]] = {

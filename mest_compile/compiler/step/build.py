@@ -17,6 +17,7 @@ from typing import Any
 import tvm
 from tvm import relax
 
+from mest_compile.compiler.step import gradients  # noqa: F401  (PyTorch-convention gradients, registered)
 from mest_compile.compiler.step.sparse import Lowered
 from mest_compile.compiler.target import Target
 from mest_compile.errors import MestError

@@ -52,6 +52,8 @@ class TvmEngine(StepEngine):
         self._traces: dict[tuple[int, ...], TracedStep] = {}
         self._steps: dict[tuple[int, ...], BuiltStep] = {}
         self.formats: dict[str, PackedFormat] = {}
+        # Rows of each compiled layer's `values` argument (its capacity, or its units exactly).
+        self.rows: dict[str, int] = {}
         self.report: dict[str, dict[str, Any]] = {}
         self._versions: dict[str, int] = {}
         self._arrays: dict[Argument, Any] = {}
@@ -159,6 +161,7 @@ class TvmEngine(StepEngine):
             if slot.layer in fresh:
                 self.counts["packs"] += 1
             self.formats[slot.layer] = slot.fmt
+            self.rows[slot.layer] = slot.capacity
             self._versions[slot.layer] = trainer.layers[slot.layer].mask_version
             self.report[slot.layer] = {"status": "compiled", "scheme": slot.family.scheme_name,
                                        "capacity": slot.fmt.capacity, "units": slot.fmt.nnz}
@@ -184,10 +187,13 @@ class TvmEngine(StepEngine):
             layer = trainer.layers[name]
             if self._versions.get(name) == layer.mask_version:
                 continue
-            units = family_for(layer.scheme.name).units(layer.mask)
+            family = family_for(layer.scheme.name)
+            units = family.units(layer.mask)
             if units > fmt.capacity:
                 self.counts["overflows"] += 1
                 decision = "overflow"
+            elif family.visits_every_value_row and units != self.rows[name]:
+                decision = "rows"
             else:
                 fmt.repack_(layer.mask)
                 decision = self.policy.decide(units, fmt.capacity, fmt.signature(), self._signatures[name])
@@ -208,7 +214,7 @@ class TvmEngine(StepEngine):
         built = next(iter(self._steps.values()))
         params = dict(trainer.model.named_parameters())
         tensors = {**params, **dict(trainer.model.named_buffers())}
-        capacity = {name: fmt.capacity for name, fmt in self.formats.items()}
+        capacity = self.rows
         self._arrays, self._momenta = {}, {}
         for arg in built.arguments:
             self._arrays[arg] = pack_tensor(arg, tensors, trainer.layers, self.formats, capacity)

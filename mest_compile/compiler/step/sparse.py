@@ -159,9 +159,11 @@ class _Lowering(relax.PyExprMutator):
         else:
             fmt.repack_(module.mask)
         values = fmt.values(module.weight.detach())
-        capacity = fmt.capacity
+        # Rows of `values`: the capacity, or exactly the units where padded rows would be computed.
+        capacity = fmt.nnz if family.visits_every_value_row else fmt.capacity
         order = [*family.buffers["forward"]]
-        order += [b for phase in PHASES for b in family.buffers[phase] if b not in order]
+        for phase in PHASES:
+            order += [b for b in family.buffers[phase] if b not in order]
         params = {b: relax.Var(f"{relax_name}_{b}", relax.TensorType(list(getattr(fmt, b).shape), _dtype(getattr(fmt, b))))
                   for b in order}  # fmt: skip
         row_shape = [capacity, *([1] * (values.dim() - 1))]
