@@ -18,6 +18,7 @@ import tvm
 from tvm import relax
 
 from mest_compile.compiler.step import gradients  # noqa: F401  (PyTorch-convention gradients, registered)
+from mest_compile.compiler.step.schedule import step_pipeline
 from mest_compile.compiler.step.sparse import Lowered
 from mest_compile.compiler.target import Target
 from mest_compile.errors import MestError
@@ -178,7 +179,7 @@ def build_step(lowered: Lowered, arguments: list[Argument], num_states: int, tar
             mod[gvar] = _PlainCallTir(mod).visit_expr(func)
     mod = _append_sgd(mod, arguments, num_states, sgd)
     try:
-        executable = tvm.compile(mod, target=target.tvm)
+        executable = tvm.compile(mod, target=target.tvm, relax_pipeline=step_pipeline(target))
     except (RuntimeError, ValueError, TypeError) as err:
         raise MestError(f"the training step did not build for {target.name}: {_reason(err)}") from None
     vm = relax.VirtualMachine(executable, tvm.cpu())

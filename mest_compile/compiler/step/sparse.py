@@ -36,6 +36,7 @@ from mest_compile.compiler.runtime.cache import KernelCache
 from mest_compile.compiler.runtime.compiled import CompiledKernels
 from mest_compile.compiler.runtime.gate import KernelGateError
 from mest_compile.compiler.runtime.records import TunedChoices
+from mest_compile.compiler.step.schedule import mark_scheduled
 from mest_compile.compiler.target import Target
 from mest_compile.errors import MestError
 
@@ -189,7 +190,7 @@ class _Lowering(relax.PyExprMutator):
                 func = _with_extra_buffers(func, [tirx.decl_buffer([int(d) for d in v.ty.shape.values], str(v.ty.dtype),
                                                                    name=f"unused_{v.name}") for v in extra])
             name = kernel_name(slot.family, slot.geometry, self.target.family, phase=phase)
-            self.funcs[key] = self.builder_.add_func(func.with_attr("global_symbol", name), name)
+            self.funcs[key] = self.builder_.add_func(mark_scheduled(func).with_attr("global_symbol", name), name)
         return self.funcs[key]
 
 
