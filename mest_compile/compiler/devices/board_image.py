@@ -10,6 +10,10 @@ Built once per machine and cached (`~/.cache/mest-compile/aarch64-board/<spec ha
   library (240 MB) is deleted: the board only runs kernels, and without it `import tvm` takes
   the runtime-only path that the real boards use.
 
+`provision_board(with_torch=True)` builds a second image, cached apart (`aarch64-board-torch/`),
+that also holds PyTorch (PyPI's aarch64 torch 2.9.1, a CPU build) for the PyTorch engine on the
+board; the default image stays small.
+
 The image is assembled in a scratch folder and renamed into place, under a file lock, so a
 crashed or concurrent run never leaves a half-built image behind.
 """
@@ -48,6 +52,15 @@ WHEELS = (
     "apache-tvm==0.27.0.post1", "apache-tvm-ffi==0.1.14.post1", "numpy==2.4.6", "ml_dtypes==0.6.0",
     "psutil==7.2.2", "cloudpickle==3.1.2", "tornado==6.6.1", "typing_extensions==4.16.0",
 )  # fmt: skip
+# The PyTorch engine's extra wheels. PyPI's aarch64 torch 2.9.1 is a CPU build (2.13's carries
+# CUDA 13, TVM_TRAINING.md §5). pip evaluates requirement markers for this machine, not for
+# --platform, so resolving torch would pull its x86-64-only NVIDIA wheels: these go in with
+# --no-deps, torch's own requirements pinned here (pure Python but MarkupSafe, which has aarch64
+# wheels), plus pyyaml, which mest_compile imports.
+TORCH_WHEELS = (
+    "torch==2.9.1", "filelock==4.3.1", "sympy==1.14.0", "mpmath==1.3.0", "networkx==3.6.1", "jinja2==3.1.6",
+    "MarkupSafe==3.0.4", "fsspec==2026.9.0", "pyyaml==6.0.4",
+)  # fmt: skip
 WHEEL_PLATFORM = "manylinux_2_28_aarch64"
 # Bump when the layout or the provisioning steps change, so old caches are rebuilt.
 LAYOUT = 1
@@ -55,6 +68,8 @@ LAYOUT = 1
 # Generous: a cold pip download of the 94 MB TVM wheel on a slow link, qemu on a loaded machine.
 _STEP_TIMEOUT_S = 900
 _SMOKE_TIMEOUT_S = 180
+# `import torch` alone takes ~20 s under qemu on a loaded 2-core machine.
+_TORCH_SMOKE_TIMEOUT_S = 600
 
 
 @dataclass(frozen=True)
@@ -108,25 +123,31 @@ def default_cache_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "mest-compile"
 
 
-def image_key() -> str:
+def image_key(with_torch: bool = False) -> str:
     """Hash of everything that decides the image's contents."""
     spec = {"layout": LAYOUT, "debian": DEBIAN_PACKAGES, "wheels": WHEELS, "platform": WHEEL_PLATFORM}
+    if with_torch:
+        spec["torch"] = TORCH_WHEELS
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def provision_board(cache_dir: Path | None = None) -> BoardImage:
+def provision_board(cache_dir: Path | None = None, with_torch: bool = False) -> BoardImage:
     """The cached board image, built first if needed (15-60 s: ~120 MB from the package registries).
 
     Args:
-        cache_dir: where images live; default `default_cache_dir() / "aarch64-board"`.
+        cache_dir: where images live; default `default_cache_dir() / "aarch64-board"`, or
+            `"aarch64-board-torch"` with `with_torch` (each folder keeps only its newest image).
+        with_torch: the image that also holds PyTorch and its requirements (`TORCH_WHEELS`,
+            ~220 MB more; a few minutes more to build, mostly the board's first `import torch`).
 
     Raises:
         MissingToolError: qemu-user, apt-get or dpkg-deb is missing (names what to install).
         MestError: a download or the board's first `import tvm` failed (with the tool's output).
     """
     require(QEMU_AARCH64)
-    base = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "aarch64-board"
-    image = BoardImage(base / image_key())
+    folder = "aarch64-board-torch" if with_torch else "aarch64-board"
+    base = Path(cache_dir) if cache_dir is not None else default_cache_dir() / folder
+    image = BoardImage(base / image_key(with_torch))
     if _complete(image):
         return image
     base.mkdir(parents=True, exist_ok=True)
@@ -140,9 +161,10 @@ def provision_board(cache_dir: Path | None = None) -> BoardImage:
         try:
             log.warning("provisioning the emulated aarch64 board once under %s", image.path)
             _unpack_debian(scratch / "root", scratch / "apt")
-            _install_wheels(scratch / "site")
-            _smoke_test(BoardImage(scratch))
-            (scratch / "image.json").write_text(json.dumps({"debian": DEBIAN_PACKAGES, "wheels": WHEELS}))
+            _install_wheels(scratch / "site", with_torch)
+            _smoke_test(BoardImage(scratch), with_torch)
+            wheels = WHEELS + TORCH_WHEELS if with_torch else WHEELS
+            (scratch / "image.json").write_text(json.dumps({"debian": DEBIAN_PACKAGES, "wheels": wheels}))
             scratch.rename(image.path)  # atomic: the image appears complete or not at all
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -208,29 +230,34 @@ def _unpack_debian(root: Path, apt_dir: Path) -> None:
     shutil.rmtree(apt_dir)
 
 
-def _install_wheels(site: Path) -> None:
+def _install_wheels(site: Path, with_torch: bool = False) -> None:
     """Install the aarch64 wheels for the board's Python into `site`."""
     cmd = [
         sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-input",
         "--platform", WHEEL_PLATFORM, "--python-version", PYTHON_VERSION, "--implementation", "cp",
-        "--abi", f"cp{PYTHON_VERSION.replace('.', '')}", "--only-binary=:all:", "--target", str(site), *WHEELS,
+        "--abi", f"cp{PYTHON_VERSION.replace('.', '')}", "--only-binary=:all:", "--target", str(site),
     ]  # fmt: skip
-    _run("pip install (aarch64 wheels)", cmd)
+    _run("pip install (aarch64 wheels)", [*cmd, *WHEELS])
+    if with_torch:
+        _run("pip install (aarch64 torch)", [*cmd, "--no-deps", "--upgrade", *TORCH_WHEELS])
     (site / "tvm" / "lib" / "libtvm_compiler.so").unlink(missing_ok=True)
     # Launchers in bin/ carry the host interpreter's path: meaningless on the board.
     shutil.rmtree(site / "bin", ignore_errors=True)
 
 
-def _smoke_test(image: BoardImage) -> None:
-    """The board's first `import tvm` (cheap insurance: a broken image is never cached)."""
+def _smoke_test(image: BoardImage, with_torch: bool = False) -> None:
+    """The board's first `import tvm` (and `import torch`): cheap insurance, a broken image is never cached."""
     probe = "import numpy, tvm, tvm.rpc.server; print(tvm.__version__)"
+    what, timeout = "tvm", _SMOKE_TIMEOUT_S
+    if with_torch:
+        probe, what, timeout = f"import torch, yaml; {probe}", "torch and tvm", _TORCH_SMOKE_TIMEOUT_S
     try:
         done = subprocess.run(
             image.command("-c", probe), env=image.environment(), capture_output=True, text=True,
-            timeout=_SMOKE_TIMEOUT_S, check=False,
+            timeout=timeout, check=False,
         )  # fmt: skip
     except subprocess.TimeoutExpired as err:
-        raise MestError(f"the emulated board's Python did not import tvm within {_SMOKE_TIMEOUT_S} s") from err
+        raise MestError(f"the emulated board's Python did not import {what} within {timeout} s") from err
     if done.returncode != 0:
         tail = " | ".join(done.stderr.strip().splitlines()[-3:])
-        raise MestError(f"the emulated board's Python cannot import tvm: {tail}")
+        raise MestError(f"the emulated board's Python cannot import {what}: {tail}")

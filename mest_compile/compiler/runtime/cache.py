@@ -4,7 +4,9 @@
 and weight-gradient kernels (with the tuning records in effect, `runtime.records`), runs the
 correctness gate on them and caches the result. A kernel set that fails the gate is cached as
 failed and never returned: callers fall back to the masked dense conv and say so. `CACHE` is the
-process's cache; a `Trainer` or a test may hold its own.
+process's cache; a `Trainer` or a test may hold its own. Kernels built elsewhere (cross-compiled on
+a host for a board without TVM's compiler, `compiler/prebuilt.py`) are gated and served the same
+way once `add`ed.
 """
 
 from __future__ import annotations
@@ -35,11 +37,12 @@ class BuildStats:
     reuses: int = 0
     gate_failures: int = 0
     build_seconds: float = 0.0
+    loads: int = 0  # kernel sets built elsewhere and `add`ed
 
     def to_dict(self) -> dict[str, float]:
         """JSON-ready counts."""
         return {"builds": self.builds, "reuses": self.reuses, "gate_failures": self.gate_failures,
-                "build_seconds": round(self.build_seconds, 3)}
+                "build_seconds": round(self.build_seconds, 3), "loads": self.loads}
 
 
 class KernelCache:
@@ -80,12 +83,32 @@ class KernelCache:
         kernels = build_kernels(family, geometry, target, records)
         self.stats.builds += 1
         self.stats.build_seconds += kernels.build_seconds
+        return self._gated(kernels)
+
+    def _gated(self, kernels: CompiledKernels) -> CompiledKernels | KernelGateError:
         try:
             check_kernels(kernels)
         except KernelGateError as err:
             self.stats.gate_failures += 1
             return err
         return kernels
+
+    def add(self, kernels: CompiledKernels, records: TunedChoices | None = None) -> None:
+        """Gate a kernel set built elsewhere and serve it for its geometry and target, as if built here.
+
+        Its target is `kernels.target` (the key of the `Target` it was built for), so a backend on
+        that target finds it without building; `records` are the records such a backend holds.
+
+        Raises:
+            KernelGateError: the kernels gave wrong results here (cached as failed, like a build).
+        """
+        key = (kernels.family.name, kernels.geometry, kernels.target, records_key(records))
+        gated = self._gated(kernels)
+        with self._lock:
+            self._entries[key] = gated
+            self.stats.loads += 1
+        if isinstance(gated, KernelGateError):
+            raise gated
 
     def clear(self) -> None:
         """Forget every compiled kernel (tests)."""

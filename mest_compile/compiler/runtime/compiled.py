@@ -98,14 +98,9 @@ def compile_kernels(
         tiles: the template knobs (default: the family's hand-picked ones for the target).
         traces: tuned schedules by kernel name; the others get the hand-written schedule.
     """
-    kind = target.family
-    tiles = tiles if tiles is not None else family.default_tiles(geometry, target)
-    traces = traces or {}
     start = time.perf_counter()
-    mods = {}
-    for which in PHASES:
-        func = kind.template(family, geometry, which, tiles)
-        mods[which] = replay(func, traces[which]) if which in traces else kind.schedule(func, which)
+    tiles, mods = schedule_kernels(family, geometry, target, tiles, traces)
+    traces = traces or {}
     exes = {name: tvm.compile(mod, target=target.tvm) for name, mod in mods.items()}
     return CompiledKernels(
         family=family,
@@ -120,6 +115,27 @@ def compile_kernels(
         build_seconds=time.perf_counter() - start,
         tuned=tuple(w for w in PHASES if w in traces),
     )
+
+
+def schedule_kernels(family: KernelFamily, geometry: ConvGeometry, target: Target, tiles: Any = None,
+                     traces: Mapping[str, s_tir.Trace] | None = None) -> tuple[Any, dict[str, tvm.IRModule]]:
+    """The tiles and each kernel's scheduled module, by phase: what `compile_kernels` compiles (a
+    build for another machine compiles and links them itself, `compiler/prebuilt.py`)."""
+    kind = target.family
+    tiles = tiles if tiles is not None else family.default_tiles(geometry, target)
+    traces = traces or {}
+    mods = {}
+    for which in PHASES:
+        func = kind.template(family, geometry, which, tiles)
+        mods[which] = replay(func, traces[which]) if which in traces else kind.schedule(func, which)
+    return tiles, mods
+
+
+def tuned_schedules(family: KernelFamily, geometry: ConvGeometry, target: Target,
+                    records: TunedChoices | None) -> tuple[Any, dict[str, tvm.IRModule], tuple[str, ...]]:
+    """`schedule_kernels` with the tiles and schedules `records` tuned; also the phases they tuned."""
+    tiles, traces = _tuned(records, family, geometry, target)
+    return (*schedule_kernels(family, geometry, target, tiles, traces), tuple(w for w in PHASES if w in traces))
 
 
 def build_kernels(family: KernelFamily, geometry: ConvGeometry, target: Target,
