@@ -96,8 +96,9 @@ def test_sparse_layers_run_on_their_kernels(tmp_path: pathlib.Path) -> None:
     assert "conv2d_transpose" not in text
     for phase in ("fwd", "dgrad", "wgrad"):
         assert f"irregular_{phase}_" in text
-    # Only the dense first conv: its forward in `main` and `main_adjoint`, and its weight gradient.
-    assert text.count("R.nn.conv2d(") == 3
+    # The dense first conv runs on channel kernels with every filter kept: no Relax conv is left.
+    assert "R.nn.conv2d(" not in text and "channel_wgrad_" in text
+    assert trainer.summary()["engine"]["dense_convs_on_kernels"] == {"features.conv1.weight": "channel"}
     for name in trainer.layers:
         relax_name = "p_model_" + name.replace(".", "_")
         assert f"{relax_name}_values" in text and f"{relax_name}," not in text

@@ -85,7 +85,7 @@ def _ints(values: tvm.ir.Array) -> list[int]:
     return [int(v) for v in values]
 
 
-def _geometry(data: relax.Expr, weight: relax.Expr, attrs: tvm.ir.Attrs) -> tuple[ConvGeometry | None, str | None]:
+def conv_geometry(data: relax.Expr, weight: relax.Expr, attrs: tvm.ir.Attrs) -> tuple[ConvGeometry | None, str | None]:
     """The conv's geometry, or why compiled kernels cannot take it."""
     strides, padding, dilation = _ints(attrs.strides), _ints(attrs.padding), _ints(attrs.dilation)
     if int(attrs.groups) != 1 or set(dilation) != {1}:
@@ -121,5 +121,5 @@ def match_masked_conv(call: relax.Call, var2val: Mapping[relax.Var, relax.Expr],
     a, b = matched[_LEAF_A], matched[_LEAF_B]
     weight, mask = (a, b) if _weight_first(a, b, weights, values) else (b, a)
     data = matched[_DATA]
-    geometry, reason = _geometry(data, weight, call.attrs)
+    geometry, reason = conv_geometry(data, weight, call.attrs)
     return MaskedConv(data=data, weight=weight, mask=mask, geometry=geometry, reason=reason)

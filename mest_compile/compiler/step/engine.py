@@ -55,6 +55,8 @@ class TvmEngine(StepEngine):
         # Rows of each compiled layer's `values` argument (its capacity, or its units exactly).
         self.rows: dict[str, int] = {}
         self.report: dict[str, dict[str, Any]] = {}
+        # The model's dense convs run on a kernel family's kernels (weight name -> family).
+        self.dense_convs: dict[str, str] = {}
         self._versions: dict[str, int] = {}
         self._arrays: dict[Argument, Any] = {}
         self._momenta: dict[Argument, Any] = {}
@@ -132,7 +134,8 @@ class TvmEngine(StepEngine):
     def summary(self, trainer: Trainer) -> dict[str, Any]:
         """What the step did: builds, packs, repacks, rebuilds; each sparse layer's status."""
         return {"name": self.name, "target": self.target.name if self.target else None, **self.counts,
-                "build_seconds": round(self.build_seconds, 3), "layers": self.report}
+                "build_seconds": round(self.build_seconds, 3), "layers": self.report,
+                "dense_convs_on_kernels": self.dense_convs}
 
     # --- building ------------------------------------------------------------------------------
     def _batch_shape(self, trainer: Trainer, batch: int) -> tuple[int, ...]:
@@ -167,6 +170,7 @@ class TvmEngine(StepEngine):
                                        "capacity": slot.fmt.capacity, "units": slot.fmt.nnz}
         for dense in lowered.dense.values():
             self.report[dense.layer] = {"status": "dense", "reason": dense.reason}
+        self.dense_convs = {traced.param_names[w]: family for w, family in lowered.dense_kernels.items()}
         self._signatures = {name: fmt.signature() for name, fmt in self.formats.items()}
         self._steps[shape] = built
         self.counts["builds"] += 1

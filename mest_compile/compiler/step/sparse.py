@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import tvm
 import tvm_ffi
@@ -29,7 +30,7 @@ from tvm import relax, tirx
 
 from mest_compile.compiler.families import KernelFamily, PackedFormat, family_for
 from mest_compile.compiler.formats.geometry import ConvGeometry
-from mest_compile.compiler.graph.match import match_masked_conv
+from mest_compile.compiler.graph.match import conv_geometry, match_masked_conv
 from mest_compile.compiler.graph.rewrite import kernel_name
 from mest_compile.compiler.phases import PHASES
 from mest_compile.compiler.runtime.cache import KernelCache
@@ -41,9 +42,12 @@ from mest_compile.compiler.target import Target
 from mest_compile.errors import MestError
 
 _GRAD_NAME = "mest_sparse_conv"
+#: The family whose kernels run the model's dense convs: channel kernels with every filter kept are a
+#: dense conv, and its `values` are then the weight itself.
+DENSE_FAMILY = "channel"
 #: Layers being differentiated, by the key their `call_tir_with_grad` carries (filled by `lower`,
 #: read by the gradient handler, emptied after `Gradient`).
-_PENDING: dict[str, tuple[SparseSlot, tvm.ir.GlobalVar, tvm.ir.GlobalVar]] = {}
+_PENDING: dict[str, tuple[KernelFamily, tuple[str, ...], tvm.ir.GlobalVar, tvm.ir.GlobalVar]] = {}
 _KEYS = itertools.count()
 
 
@@ -89,11 +93,11 @@ class DenseMasked:
 @tvm_ffi.register_global_func(f"tvm.relax.te_grad._register.{_GRAD_NAME}", override=True)
 def _sparse_conv_gradient(orig_var: relax.Var, call: relax.Call, dy: relax.Expr, ctx: relax.BlockBuilder) -> relax.Expr:
     """The adjoints of `call_tir_with_grad(forward, (x, values, *buffers))`: input and values gradients."""
-    slot, dgrad, wgrad = _PENDING[str(call.attrs.te_grad_kwargs["key"])]
+    family, order, dgrad, wgrad = _PENDING[str(call.attrs.te_grad_kwargs["key"])]
     x, values, *buffers, rows = call.args[1].fields
-    by_name = dict(zip(slot.buffers, buffers, strict=True))
-    dx = ctx.emit(relax.call_tir(dgrad, [dy, values, *(by_name[b] for b in slot.family.buffers["dgrad"])], x.ty))
-    dvalues = ctx.emit(relax.call_tir(wgrad, [x, dy, *(by_name[b] for b in slot.family.buffers["wgrad"])], values.ty))
+    by_name = dict(zip(order, buffers, strict=True))
+    dx = ctx.emit(relax.call_tir(dgrad, [dy, values, *(by_name[b] for b in family.buffers["dgrad"])], x.ty))
+    dvalues = ctx.emit(relax.call_tir(wgrad, [x, dy, *(by_name[b] for b in family.buffers["wgrad"])], values.ty))
     dvalues = ctx.emit(relax.op.multiply(dvalues, rows))
     zeros = [ctx.emit(relax.op.zeros_like(b)) for b in (*buffers, rows)]
     return ctx.emit(relax.Tuple([dx, dvalues, *zeros]))
@@ -124,10 +128,15 @@ class _Lowering(relax.PyExprMutator):
         self.dense: dict[str, DenseMasked] = {}
         self.funcs: dict[tuple[str, str, ConvGeometry], tvm.ir.GlobalVar] = {}
         self.keys: list[str] = []
+        # Dense convs (a weight parameter, no mask) running on a family's kernels, by weight parameter.
+        self.dense_kernels: dict[str, str] = {}
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:  # noqa: D102
         new = self.visit_expr_post_order(call)
         matched = match_masked_conv(call, self.var2val, set(self.layers), {})
+        if matched is None and _is_dense_conv(call):
+            dense = self._dense(new, call, call.args[1])
+            return new if dense is None else dense
         if matched is None or not isinstance(matched.weight, relax.Var) or matched.weight.name not in self.layers:
             return new
         relax_name = matched.weight.name
@@ -162,9 +171,7 @@ class _Lowering(relax.PyExprMutator):
         values = fmt.values(module.weight.detach())
         # Rows of `values`: the capacity, or exactly the units where padded rows would be computed.
         capacity = fmt.nnz if family.visits_every_value_row else fmt.capacity
-        order = [*family.buffers["forward"]]
-        for phase in PHASES:
-            order += [b for b in family.buffers[phase] if b not in order]
+        order = _buffer_order(family)
         params = {b: relax.Var(f"{relax_name}_{b}", relax.TensorType(list(getattr(fmt, b).shape), _dtype(getattr(fmt, b))))
                   for b in order}  # fmt: skip
         row_shape = [capacity, *([1] * (values.dim() - 1))]
@@ -172,26 +179,71 @@ class _Lowering(relax.PyExprMutator):
                           values=relax.Var(f"{relax_name}_values", relax.TensorType([capacity, *values.shape[1:]], "float32")),
                           rows=relax.Var(f"{relax_name}_rows", relax.TensorType(row_shape, "float32")), params=params)
         self.slots[relax_name] = slot
-        forward = self._func(slot, "forward", [*(params[b] for b in order if b not in family.buffers["forward"]), slot.rows])
-        dgrad, wgrad = self._func(slot, "dgrad"), self._func(slot, "wgrad")
-        key = f"{next(_KEYS)}:{relax_name}"
-        _PENDING[key] = (slot, dgrad, wgrad)
+        return self._kernel_call(family, kernels, geo, new.args[0], slot.values, [params[b] for b in order], slot.rows,
+                                 call, relax_name)
+
+    def _dense(self, new: relax.Call, call: relax.Call, weight: relax.Var) -> relax.Expr | None:
+        """A dense conv on the channel kernels with every filter kept (`values` is the weight itself), or None."""
+        geo, reason = conv_geometry(call.args[0], weight, call.attrs)
+        family = family_for(DENSE_FAMILY)
+        if geo is None or reason is not None or family.supports(geo) is not None:
+            return None
+        try:
+            kernels = self.cache.kernels_for(family, geo, self.target, self.records)
+        except KernelGateError:
+            return None
+        fmt = kernels.pack(torch.ones(tuple(int(d) for d in weight.ty.shape.values), dtype=torch.bool))
+        buffers = [relax.const(getattr(fmt, b).numpy()) for b in _buffer_order(family)]
+        rows = relax.const(np.ones((fmt.nnz, 1, 1, 1), dtype="float32"))
+        self.dense_kernels[weight.name] = family.name
+        return self._kernel_call(family, kernels, geo, new.args[0], new.args[1], buffers, rows, call, weight.name)
+
+    def _kernel_call(self, family: KernelFamily, kernels: CompiledKernels, geo: ConvGeometry, data: relax.Expr,
+                     values: relax.Expr, buffers: list[relax.Expr], rows: relax.Expr, call: relax.Call,
+                     name: str) -> relax.Expr:
+        """`call_tir_with_grad` of the forward kernel over every buffer, its gradient registered under a key."""
+        order = _buffer_order(family)
+        forward = self._func(family, kernels, geo, "forward", [*(b for n, b in zip(order, buffers, strict=True)
+                                                                 if n not in family.buffers["forward"]), rows])
+        dgrad, wgrad = self._func(family, kernels, geo, "dgrad"), self._func(family, kernels, geo, "wgrad")
+        key = f"{next(_KEYS)}:{name}"
+        _PENDING[key] = (family, tuple(order), dgrad, wgrad)
         self.keys.append(key)
         out = relax.TensorType(list(call.ty.shape.values), "float32")
-        return relax.call_tir_with_grad(forward, [new.args[0], slot.values, *(params[b] for b in order), slot.rows], out,
+        return relax.call_tir_with_grad(forward, [data, values, *buffers, rows], out,
                                         te_grad_name=_GRAD_NAME, te_grad_kwargs={"key": key})
 
-    def _func(self, slot: SparseSlot, phase: str, extra: list[relax.Var] | None = None) -> tvm.ir.GlobalVar:
-        """The scheduled kernel of `phase` added once per (scheme, phase, geometry); the forward takes `extra`."""
-        key = (slot.family.name, phase, slot.geometry)
+    def _func(self, family: KernelFamily, kernels: CompiledKernels, geo: ConvGeometry, phase: str,
+              extra: list[relax.Expr] | None = None) -> tvm.ir.GlobalVar:
+        """The scheduled kernel of `phase` added once per (scheme, phase, geometry); the forward takes `extra`
+        (any shape: layers of one geometry share it with other capacities)."""
+        key = (family.name, phase, geo)
         if key not in self.funcs:
-            func = slot.kernels.modules[phase]["main"]
+            func = kernels.modules[phase]["main"]
             if extra is not None:
-                func = _with_extra_buffers(func, [tirx.decl_buffer([int(d) for d in v.ty.shape.values], str(v.ty.dtype),
-                                                                   name=f"unused_{v.name}") for v in extra])
-            name = kernel_name(slot.family, slot.geometry, self.target.family, phase=phase)
+                func = _with_extra_buffers(func, [_any_shape(e, f"unused{i}") for i, e in enumerate(extra)])
+            name = kernel_name(family, geo, self.target.family, phase=phase)
             self.funcs[key] = self.builder_.add_func(mark_scheduled(func).with_attr("global_symbol", name), name)
         return self.funcs[key]
+
+
+def _buffer_order(family: KernelFamily) -> list[str]:
+    """Every index buffer of the family's kernels once, the forward's first."""
+    order = [*family.buffers["forward"]]
+    for phase in PHASES:
+        order += [b for b in family.buffers[phase] if b not in order]
+    return order
+
+
+def _any_shape(expr: relax.Expr, name: str) -> tirx.Buffer:
+    ty = expr.ty
+    return tirx.decl_buffer([tirx.Var(f"{name}_d{i}", "int64") for i in range(len(ty.shape.values))], str(ty.dtype),
+                            name=name)
+
+
+def _is_dense_conv(call: relax.Call) -> bool:
+    return (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.conv2d" and len(call.args) == 2
+            and isinstance(call.args[1], relax.Var) and not isinstance(call.args[1], relax.DataflowVar))
 
 
 def _is_weight_first(product: relax.Call, weight: relax.Var) -> bool:
@@ -207,6 +259,8 @@ class Lowered:
     slots: dict[str, SparseSlot]
     dense: dict[str, DenseMasked]
     keys: list[str]
+    #: Dense convs on a family's kernels: weight parameter -> family.
+    dense_kernels: dict[str, str] = field(default_factory=dict)
 
     def release(self) -> None:
         """Forget the layers' gradient entries (after `Gradient` ran)."""
@@ -243,4 +297,5 @@ def lower(module: tvm.IRModule, layers: Mapping[str, Any], formats: Mapping[str,
     body = relax.analysis.remove_all_unused(relax.Function(every, body, func.ret_ty)).body
     main = relax.Function(params, body, func.ret_ty, func.is_pure, attrs=func.attrs)
     out["main"] = main.without_attr("params") if "params" in (func.attrs or {}) else main
-    return Lowered(module=out, slots=lowering.slots, dense=lowering.dense, keys=lowering.keys)
+    return Lowered(module=out, slots=lowering.slots, dense=lowering.dense, keys=lowering.keys,
+                   dense_kernels=lowering.dense_kernels)
