@@ -10,18 +10,27 @@ and keeps momentum only where the mask is, so pruned weights need no re-masking.
 
 from __future__ import annotations
 
+import platform
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 import tvm
 from tvm import relax
 
 from mest_compile.compiler.step import gradients  # noqa: F401  (PyTorch-convention gradients, registered)
 from mest_compile.compiler.step.schedule import step_pipeline
-from mest_compile.compiler.step.sparse import Lowered
+from mest_compile.compiler.families import PackedFormat
+from mest_compile.compiler.runtime.cache import CACHE, KernelCache
+from mest_compile.compiler.runtime.policy import RecompilePolicy
+from mest_compile.compiler.runtime.records import TunedChoices
+from mest_compile.compiler.step.sparse import Lowered, lower
+from mest_compile.compiler.step.trace import TracedStep, trace_step
 from mest_compile.compiler.target import Target
 from mest_compile.errors import MestError
+from mest_compile.sparsity.module import SparseConv2d
 
 
 @dataclass(frozen=True)
@@ -156,7 +165,8 @@ def _append_sgd(mod: tvm.IRModule, arguments: list[Argument], num_states: int, s
     return bb.get()
 
 
-def build_step(lowered: Lowered, arguments: list[Argument], num_states: int, target: Target, sgd: Sgd) -> BuiltStep:
+def build_step(lowered: Lowered, arguments: list[Argument], num_states: int, target: Target, sgd: Sgd,
+               *, local: bool = True) -> BuiltStep:
     """Differentiate the lowered step, append SGD, and compile it for `target`.
 
     Raises:
@@ -182,7 +192,8 @@ def build_step(lowered: Lowered, arguments: list[Argument], num_states: int, tar
         executable = tvm.compile(mod, target=target.tvm, relax_pipeline=step_pipeline(target))
     except (RuntimeError, ValueError, TypeError) as err:
         raise MestError(f"the training step did not build for {target.name}: {_reason(err)}") from None
-    vm = relax.VirtualMachine(executable, tvm.cpu())
+    # A foreign CPU's step is exported and run there (`step/board.py`), not loaded here.
+    vm = relax.VirtualMachine(executable, tvm.cpu()) if local else None
     return BuiltStep(vm=vm, executable=executable, module=mod, arguments=arguments, num_states=num_states,
                      build_seconds=time.perf_counter() - start)
 
@@ -190,3 +201,46 @@ def build_step(lowered: Lowered, arguments: list[Argument], num_states: int, tar
 def _reason(err: BaseException) -> str:
     lines = [line for line in str(err).strip().splitlines() if line.strip()]
     return lines[-1] if lines else type(err).__name__
+
+
+def runs_here(target: Target) -> bool:
+    """Whether `target` is this machine's kind of CPU (its code can be loaded into this process)."""
+    triple = str(target.tvm.attrs.get("mtriple", "")) if target.tvm.attrs is not None else ""
+    return target.family.name == "cpu" and (not triple or triple.startswith(platform.machine()))
+
+
+def compile_step(model: torch.nn.Module, layers: Mapping[str, SparseConv2d], batch_shape: tuple[int, ...],
+                 num_classes: int, target: Target, sgd: Sgd, *, formats: Mapping[str, PackedFormat] | None = None,
+                 cache: KernelCache | None = None, records: TunedChoices | None = None,
+                 capacity: Callable[[int], int] | None = None, traced: TracedStep | None = None) -> CompiledStep:
+    """Trace, lower and build the training step of `model` for batches of `batch_shape` on `target`.
+
+    Args:
+        layers: the model's sparse layers by weight name (`sparse_layers(model)`).
+        formats: packed formats to reuse by layer (capacities kept while the masks fit).
+        capacity: `units -> capacity` of a layer packed afresh (default: the recompile policy's).
+        traced: a trace of the same model and batch shape to reuse.
+    """
+    local = runs_here(target)
+    if traced is None:
+        with torch.random.fork_rng(devices=[]):
+            traced = trace_step(model, batch_shape, num_classes)
+    relax_layers = {relax_name: (name, layers[name]) for relax_name, name in traced.param_names.items() if name in layers}
+    with torch.random.fork_rng(devices=[]):
+        lowered = lower(tvm.IRModule(dict(traced.module.functions)), relax_layers, formats or {},
+                        cache if cache is not None else CACHE, target, records,
+                        capacity or RecompilePolicy().capacity, local=local)
+    arguments = classify(lowered, traced.param_names, traced.states, 2)
+    dense_convs = {traced.param_names[w]: family for w, family in lowered.dense_kernels.items()}
+    built = build_step(lowered, arguments, len(traced.states), target, sgd, local=local)
+    return CompiledStep(traced=traced, lowered=lowered, built=built, dense_convs=dense_convs)
+
+
+@dataclass
+class CompiledStep:
+    """What `compile_step` made: the trace (reusable), the lowering's report, the built step."""
+
+    traced: TracedStep
+    lowered: Lowered
+    built: BuiltStep
+    dense_convs: dict[str, str]

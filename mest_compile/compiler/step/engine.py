@@ -19,12 +19,10 @@ import torch.nn.functional as F
 import tvm
 
 from mest_compile.compiler.families import PackedFormat, family_for
-from mest_compile.compiler.runtime.cache import CACHE
 from mest_compile.compiler.runtime.policy import RecompilePolicy
-from mest_compile.compiler.step.build import Argument, BuiltStep, Sgd, build_step, classify
-from mest_compile.compiler.step.sparse import lower
+from mest_compile.compiler.step.build import Argument, BuiltStep, Sgd, compile_step, runs_here
 from mest_compile.compiler.step.state import momentum_of, pack_tensor, unpack_tensor
-from mest_compile.compiler.step.trace import TracedStep, trace_step
+from mest_compile.compiler.step.trace import TracedStep
 from mest_compile.compiler.target import Target, as_target
 from mest_compile.compiler.tune.records import TuningRecords
 from mest_compile.errors import MestError
@@ -76,7 +74,7 @@ class TvmEngine(StepEngine):
             raise MestError("--engine tvm runs SGD without dampening or Nesterov momentum")
         self.sgd = Sgd(momentum=float(group["momentum"]), weight_decay=float(group["weight_decay"]))
         self.target = as_target(cfg.compile.target)
-        if self.target.family.name != "cpu" or _cross_triple(self.target):
+        if not runs_here(self.target):
             raise MestError(f"--engine tvm runs the step on this machine's CPU; target {self.target.name!r} is not it "
                             "(use --target host)")
         self.records = TuningRecords(cfg.compile.work_dir) if cfg.compile.work_dir is not None else None
@@ -147,19 +145,12 @@ class TvmEngine(StepEngine):
     def _build(self, trainer: Trainer, shape: tuple[int, ...]) -> BuiltStep:
         assert self.target is not None and self.sgd is not None
         start = time.perf_counter()
-        traced = self._traces.get(shape)
-        if traced is None:
-            with torch.random.fork_rng(devices=[]):
-                traced = trace_step(trainer.model, shape, trainer.data.num_classes)
-            self._traces[shape] = traced
-        layers = {relax: (name, trainer.layers[name]) for relax, name in traced.param_names.items()
-                  if name in trainer.layers}
-        fresh = [name for _, (name, _) in layers.items() if name not in self.formats]
-        with torch.random.fork_rng(devices=[]):
-            lowered = lower(tvm.IRModule(dict(traced.module.functions)), layers, self.formats, CACHE, self.target,
-                            self.records, self.policy.capacity)
-        arguments = classify(lowered, traced.param_names, traced.states, 2)
-        built = build_step(lowered, arguments, len(traced.states), self.target, self.sgd)
+        fresh = [name for name in trainer.layers if name not in self.formats]
+        step = compile_step(trainer.model, trainer.layers, shape, trainer.data.num_classes, self.target, self.sgd,
+                            formats=self.formats, records=self.records, capacity=self.policy.capacity,
+                            traced=self._traces.get(shape))
+        self._traces[shape] = step.traced
+        lowered, built = step.lowered, step.built
         for slot in lowered.slots.values():
             if slot.layer in fresh:
                 self.counts["packs"] += 1
@@ -170,7 +161,7 @@ class TvmEngine(StepEngine):
                                        "capacity": slot.fmt.capacity, "units": slot.fmt.nnz}
         for dense in lowered.dense.values():
             self.report[dense.layer] = {"status": "dense", "reason": dense.reason}
-        self.dense_convs = {traced.param_names[w]: family for w, family in lowered.dense_kernels.items()}
+        self.dense_convs = step.dense_convs
         self._signatures = {name: fmt.signature() for name, fmt in self.formats.items()}
         self._steps[shape] = built
         self.counts["builds"] += 1
@@ -230,11 +221,6 @@ class TvmEngine(StepEngine):
         params = dict(trainer.model.named_parameters())
         for arg, grad in zip(trainable, grads, strict=True):
             params[arg.name].grad = unpack_tensor(arg, grad, trainer.layers, self.formats)
-
-
-def _cross_triple(target: Target) -> bool:
-    triple = str(target.tvm.attrs.get("mtriple", "")) if target.tvm.attrs is not None else ""
-    return bool(triple) and not triple.startswith("x86_64")
 
 
 def _to_tvm(t: torch.Tensor) -> Any:

@@ -34,7 +34,7 @@ from mest_compile.compiler.graph.match import conv_geometry, match_masked_conv
 from mest_compile.compiler.graph.rewrite import kernel_name
 from mest_compile.compiler.phases import PHASES
 from mest_compile.compiler.runtime.cache import KernelCache
-from mest_compile.compiler.runtime.compiled import CompiledKernels
+from mest_compile.compiler.runtime.compiled import tuned_schedules
 from mest_compile.compiler.runtime.gate import KernelGateError
 from mest_compile.compiler.runtime.records import TunedChoices
 from mest_compile.compiler.step.schedule import mark_scheduled
@@ -51,13 +51,27 @@ _PENDING: dict[str, tuple[KernelFamily, tuple[str, ...], tvm.ir.GlobalVar, tvm.i
 _KEYS = itertools.count()
 
 
+@dataclass(frozen=True)
+class StepKernels:
+    """A family's scheduled kernels of one geometry, as the step needs them (TIR and the packing layout)."""
+
+    family: KernelFamily
+    geometry: ConvGeometry
+    tiles: Any
+    modules: Mapping[str, tvm.IRModule]
+
+    def pack(self, mask: torch.Tensor, capacity: int | None = None) -> PackedFormat:
+        """Pack `mask` in the layout these kernels read."""
+        return self.family.pack_with(self.geometry, self.tiles, mask, capacity)
+
+
 @dataclass
 class SparseSlot:
     """One sparse layer on compiled kernels inside the step.
 
     Attributes:
         layer: the PyTorch weight name.
-        family: the scheme's kernel family; `kernels`: its gated kernels of `geometry`.
+        family: the scheme's kernel family; `kernels`: its kernels of `geometry`.
         fmt: the layer's packed format (capacity rows).
         buffers: the format's index buffers the step takes, forward's first.
         values: the `values` parameter (capacity rows); `rows`: 1 for rows in use, 0 past them
@@ -68,7 +82,7 @@ class SparseSlot:
     layer: str
     family: KernelFamily
     geometry: ConvGeometry
-    kernels: CompiledKernels
+    kernels: StepKernels
     fmt: PackedFormat
     buffers: tuple[str, ...]
     values: relax.Var
@@ -119,8 +133,9 @@ class _Lowering(relax.PyExprMutator):
 
     def __init__(self, mod: tvm.IRModule, func: relax.Function, layers: Mapping[str, Any],
                  formats: Mapping[str, PackedFormat], cache: KernelCache, target: Target,
-                 records: TunedChoices | None, capacity: Any) -> None:
+                 records: TunedChoices | None, capacity: Any, local: bool) -> None:
         super().__init__(mod)
+        self.local = local
         self.var2val = relax.analysis.get_var2val(func)
         self.layers, self.formats, self.cache, self.target = layers, formats, cache, target
         self.records, self.capacity = records, capacity
@@ -159,10 +174,7 @@ class _Lowering(relax.PyExprMutator):
         why = family.supports(geo)
         if why is not None:
             raise MestError(f"scheme {family.scheme_name!r} cannot compile this layer: {why}")
-        try:
-            kernels = self.cache.kernels_for(family, geo, self.target, self.records)
-        except KernelGateError as err:
-            raise MestError(str(err)) from None
+        kernels = self._kernels(family, geo)
         fmt = self.formats.get(layer_name)
         if fmt is None or fmt.geometry != geo or fmt.capacity < family.units(module.mask):
             fmt = kernels.pack(module.mask, capacity=self.capacity(family.units(module.mask)))
@@ -189,8 +201,8 @@ class _Lowering(relax.PyExprMutator):
         if geo is None or reason is not None or family.supports(geo) is not None:
             return None
         try:
-            kernels = self.cache.kernels_for(family, geo, self.target, self.records)
-        except KernelGateError:
+            kernels = self._kernels(family, geo)
+        except MestError:
             return None
         fmt = kernels.pack(torch.ones(tuple(int(d) for d in weight.ty.shape.values), dtype=torch.bool))
         buffers = [relax.const(getattr(fmt, b).numpy()) for b in _buffer_order(family)]
@@ -198,7 +210,19 @@ class _Lowering(relax.PyExprMutator):
         self.dense_kernels[weight.name] = family.name
         return self._kernel_call(family, kernels, geo, new.args[0], new.args[1], buffers, rows, call, weight.name)
 
-    def _kernel_call(self, family: KernelFamily, kernels: CompiledKernels, geo: ConvGeometry, data: relax.Expr,
+    def _kernels(self, family: KernelFamily, geo: ConvGeometry) -> StepKernels:
+        """The family's kernels of `geo`: gated here when the target runs here, else scheduled only (a
+        foreign CPU's step is checked where it runs)."""
+        if not self.local:
+            tiles, modules, _ = tuned_schedules(family, geo, self.target, self.records)
+            return StepKernels(family, geo, tiles, modules)
+        try:
+            kernels = self.cache.kernels_for(family, geo, self.target, self.records)
+        except KernelGateError as err:
+            raise MestError(str(err)) from None
+        return StepKernels(family, geo, kernels.tiles, kernels.modules)
+
+    def _kernel_call(self, family: KernelFamily, kernels: StepKernels, geo: ConvGeometry, data: relax.Expr,
                      values: relax.Expr, buffers: list[relax.Expr], rows: relax.Expr, call: relax.Call,
                      name: str) -> relax.Expr:
         """`call_tir_with_grad` of the forward kernel over every buffer, its gradient registered under a key."""
@@ -213,7 +237,7 @@ class _Lowering(relax.PyExprMutator):
         return relax.call_tir_with_grad(forward, [data, values, *buffers, rows], out,
                                         te_grad_name=_GRAD_NAME, te_grad_kwargs={"key": key})
 
-    def _func(self, family: KernelFamily, kernels: CompiledKernels, geo: ConvGeometry, phase: str,
+    def _func(self, family: KernelFamily, kernels: StepKernels, geo: ConvGeometry, phase: str,
               extra: list[relax.Expr] | None = None) -> tvm.ir.GlobalVar:
         """The scheduled kernel of `phase` added once per (scheme, phase, geometry); the forward takes `extra`
         (any shape: layers of one geometry share it with other capacities)."""
@@ -269,16 +293,17 @@ class Lowered:
 
 
 def lower(module: tvm.IRModule, layers: Mapping[str, Any], formats: Mapping[str, PackedFormat], cache: KernelCache,
-          target: Target, records: TunedChoices | None, capacity: Any) -> Lowered:
+          target: Target, records: TunedChoices | None, capacity: Any, *, local: bool = True) -> Lowered:
     """Replace the masked convs of `module["main"]` (see the module docstring).
 
     Args:
         layers: Relax weight parameter name -> (PyTorch weight name, its `SparseConv2d`).
         formats: packed formats to reuse by layer (a rebuild keeps capacities that still fit).
         capacity: `units -> capacity` of a layer packed afresh (the recompile policy's).
+        local: the target runs here, so each kernel set passes the correctness gate first.
     """
     func = module["main"]
-    lowering = _Lowering(module, func, layers, formats, cache, target, records, capacity)
+    lowering = _Lowering(module, func, layers, formats, cache, target, records, capacity, local)
     body = lowering.visit_expr(func.body)
     params: list[relax.Var] = []
     for p in func.params:
