@@ -28,6 +28,10 @@ class CompileConfig:
     fallback: str = setting("measure", "measure: a layer whose compiled kernels are slower than dense stays dense; "
                                        "never")
     work_dir: str | None = setting(None, "tuning records (a `mest-compile tune --work-dir`) the compiled kernels use")
+    # Only --engine tvm runs on a board; the torch engine's kernels run in this process.
+    rpc: str | None = setting(None, "--engine tvm on a board: its TVM RPC tracker HOST:PORT, or 'emulated' for the "
+                                    "project's emulated aarch64 board", text=True)
+    rpc_key: str | None = setting(None, "the key the board registered under at the --rpc tracker", text=True)
 
     def __post_init__(self) -> None:
         if self.fallback not in FALLBACKS:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
+from mest_compile.errors import MestError
 from mest_compile.registry import Registry
 
 if TYPE_CHECKING:
@@ -31,6 +32,8 @@ class StepEngine:
 
     def setup(self, trainer: Trainer) -> None:
         """Check the run can use this engine; called once, after the model, masks and optimizer exist."""
+        if trainer.config.compile.rpc is not None:
+            raise MestError("--rpc trains on a board with --engine tvm; --engine torch runs in this process")
 
     def begin_epoch(self, trainer: Trainer) -> None:
         """The epoch's steps start: masks may have changed since the last epoch (mutation)."""

@@ -85,7 +85,7 @@ def export_step(model: nn.Module, batch_shape: tuple[int, ...], num_classes: int
         if role == "momentum":
             base = params[arg.name]
             source = momentum_of(optimizer, base) if optimizer is not None else torch.zeros_like(base)
-        arrays[f"a{i}"] = pack_tensor(arg, tensors, layers, formats, rows, source=source).numpy()
+        arrays[f"a{i}"] = pack_tensor(arg, tensors, layers, formats, rows, source=source)
         order.append(f"a{i}")
     _write_atomic(path / LIBRARY, lambda tmp: step.built.executable.export_library(
         str(tmp), fcompile=board_fcompile(target.preset)))

@@ -11,16 +11,18 @@ and rebuilds the step when a layer overflows its capacity or drifts too far.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-import tvm
 
 from mest_compile.compiler.families import PackedFormat, family_for
 from mest_compile.compiler.runtime.policy import RecompilePolicy
-from mest_compile.compiler.step.build import Argument, BuiltStep, Sgd, compile_step, runs_here
+from mest_compile.compiler.step.build import Argument, BuiltStep, Sgd, compile_step
+from mest_compile.compiler.step.device import StepDevice, step_device
 from mest_compile.compiler.step.state import momentum_of, pack_tensor, unpack_tensor
 from mest_compile.compiler.step.trace import TracedStep
 from mest_compile.compiler.target import Target, as_target
@@ -49,6 +51,11 @@ class TvmEngine(StepEngine):
         self.records: TuningRecords | None = None
         self._traces: dict[tuple[int, ...], TracedStep] = {}
         self._steps: dict[tuple[int, ...], BuiltStep] = {}
+        self._vms: dict[tuple[int, ...], Any] = {}
+        self.device: StepDevice = StepDevice()
+        # Per state array, the digest of what the device holds: unchanged arrays are not sent again.
+        self._sent: dict[tuple[Argument, str], bytes] = {}
+        self.bytes_sent = self.bytes_kept = 0
         self.formats: dict[str, PackedFormat] = {}
         # Rows of each compiled layer's `values` argument (its capacity, or its units exactly).
         self.rows: dict[str, int] = {}
@@ -74,9 +81,7 @@ class TvmEngine(StepEngine):
             raise MestError("--engine tvm runs SGD without dampening or Nesterov momentum")
         self.sgd = Sgd(momentum=float(group["momentum"]), weight_decay=float(group["weight_decay"]))
         self.target = as_target(cfg.compile.target)
-        if not runs_here(self.target):
-            raise MestError(f"--engine tvm runs the step on this machine's CPU; target {self.target.name!r} is not it "
-                            "(use --target host)")
+        self.device = step_device(self.target, cfg.compile.rpc, cfg.compile.rpc_key)
         self.records = TuningRecords(cfg.compile.work_dir) if cfg.compile.work_dir is not None else None
 
     def begin_epoch(self, trainer: Trainer) -> None:
@@ -94,10 +99,11 @@ class TvmEngine(StepEngine):
         built = self._steps.get(shape) or self._build(trainer, shape)
         trainable = built.trainable
         onehot = F.one_hot(y, trainer.data.num_classes).float()
-        lr = tvm.runtime.tensor(torch.tensor(trainer.optimizer.param_groups[0]["lr"], dtype=torch.float32).numpy())
-        args = [_to_tvm(x), _to_tvm(onehot), lr, *(self._arrays[a] for a in trainable),
-                *(self._momenta[a] for a in trainable), *(self._arrays[a] for a in built.inputs)]
-        out = built.vm["train_step"](*args)
+        lr = np.array(trainer.optimizer.param_groups[0]["lr"], dtype=np.float32)
+        batch = [self.device.put(a) for a in (x.numpy(), onehot.numpy(), lr)]
+        args = [*batch, *(self._arrays[a] for a in trainable), *(self._momenta[a] for a in trainable),
+                *(self._arrays[a] for a in built.inputs)]
+        out = self.device.run(self._vms[shape], args)
         n = len(trainable)
         loss, logits = float(out[0].numpy()), torch.from_numpy(out[1].numpy())
         for i, arg in enumerate(trainable):
@@ -121,17 +127,19 @@ class TvmEngine(StepEngine):
             for arg, array in self._arrays.items():
                 if arg.trainable:
                     param = params[arg.name]
-                    param.copy_(unpack_tensor(arg, array, trainer.layers, self.formats))
+                    param.copy_(unpack_tensor(arg, self._received(arg, "value", array), trainer.layers, self.formats))
+                    momentum = self._received(arg, "momentum", self._momenta[arg])
                     state = trainer.optimizer.state.setdefault(param, {})
-                    state["momentum_buffer"] = unpack_tensor(arg, self._momenta[arg], trainer.layers, self.formats)
+                    state["momentum_buffer"] = unpack_tensor(arg, momentum, trainer.layers, self.formats)
                 elif arg.kind == "state":
-                    tensors[arg.name].copy_(torch.from_numpy(array.numpy()))
+                    tensors[arg.name].copy_(torch.from_numpy(self._received(arg, "value", array)))
             for name in self._any_trace().batch_norms:
                 tensors[f"{name}.num_batches_tracked"] += self._steps_this_epoch
 
     def summary(self, trainer: Trainer) -> dict[str, Any]:
         """What the step did: builds, packs, repacks, rebuilds; each sparse layer's status."""
-        return {"name": self.name, "target": self.target.name if self.target else None, **self.counts,
+        return {"name": self.name, "target": self.target.name if self.target else None, "device": self.device.name,
+                "bytes_sent": self.bytes_sent, "bytes_kept": self.bytes_kept, **self.counts,
                 "build_seconds": round(self.build_seconds, 3), "layers": self.report,
                 "dense_convs_on_kernels": self.dense_convs}
 
@@ -164,6 +172,7 @@ class TvmEngine(StepEngine):
         self.dense_convs = step.dense_convs
         self._signatures = {name: fmt.signature() for name, fmt in self.formats.items()}
         self._steps[shape] = built
+        self._vms[shape] = self.device.load(built)
         self.counts["builds"] += 1
         self.build_seconds += time.perf_counter() - start
         if self._arrays:  # a new batch size mid-epoch: same arguments, the arrays carry over
@@ -203,19 +212,36 @@ class TvmEngine(StepEngine):
         if rebuild:
             self.counts["rebuilds"] += 1
             self._steps.clear()
+            self._vms.clear()
 
     # --- moving state --------------------------------------------------------------------------
     def _push(self, trainer: Trainer) -> None:
         built = next(iter(self._steps.values()))
         params = dict(trainer.model.named_parameters())
         tensors = {**params, **dict(trainer.model.named_buffers())}
-        capacity = self.rows
-        self._arrays, self._momenta = {}, {}
         for arg in built.arguments:
-            self._arrays[arg] = pack_tensor(arg, tensors, trainer.layers, self.formats, capacity)
+            self._arrays[arg] = self._send(arg, "value", pack_tensor(arg, tensors, trainer.layers, self.formats,
+                                                                     self.rows), self._arrays.get(arg))
             if arg.trainable:
                 momentum = momentum_of(trainer.optimizer, params[arg.name])
-                self._momenta[arg] = pack_tensor(arg, tensors, trainer.layers, self.formats, capacity, source=momentum)
+                packed = pack_tensor(arg, tensors, trainer.layers, self.formats, self.rows, source=momentum)
+                self._momenta[arg] = self._send(arg, "momentum", packed, self._momenta.get(arg))
+
+    def _received(self, arg: Argument, role: str, held: Any) -> np.ndarray:
+        """The device array `held`, read back; remembered as what the device holds."""
+        array = held.numpy()
+        self._sent[(arg, role)] = _digest(array)
+        return array
+
+    def _send(self, arg: Argument, role: str, array: np.ndarray, held: Any) -> Any:
+        """`held` when the device already holds `array`, else `array` sent anew."""
+        digest = _digest(array)
+        if held is not None and self._sent.get((arg, role)) == digest:
+            self.bytes_kept += array.nbytes
+            return held
+        self._sent[(arg, role)] = digest
+        self.bytes_sent += array.nbytes
+        return self.device.put(array)
 
     def _write_grads(self, trainer: Trainer, trainable: list[Argument], grads: list[Any]) -> None:
         params = dict(trainer.model.named_parameters())
@@ -223,5 +249,5 @@ class TvmEngine(StepEngine):
             params[arg.name].grad = unpack_tensor(arg, grad, trainer.layers, self.formats)
 
 
-def _to_tvm(t: torch.Tensor) -> Any:
-    return tvm.runtime.from_dlpack(t.detach().contiguous())
+def _digest(array: np.ndarray) -> bytes:
+    return hashlib.blake2b(array.tobytes(), digest_size=16).digest() + str(array.shape).encode()

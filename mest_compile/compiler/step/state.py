@@ -13,19 +13,18 @@ from typing import Any
 
 import numpy as np
 import torch
-import tvm
 
 from mest_compile.compiler.families import PackedFormat
 from mest_compile.compiler.step.build import Argument
 from mest_compile.sparsity.module import SparseConv2d
 
 
-def _array(t: torch.Tensor) -> Any:
-    return tvm.runtime.tensor(np.ascontiguousarray(t.detach().cpu().numpy()))
+def _array(t: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(t.detach().cpu().numpy())
 
 
 def _tensor(a: Any) -> torch.Tensor:
-    return torch.from_numpy(a.numpy())
+    return torch.from_numpy(a if isinstance(a, np.ndarray) else a.numpy())
 
 
 def padded(values: torch.Tensor, capacity: int) -> torch.Tensor:
@@ -36,7 +35,8 @@ def padded(values: torch.Tensor, capacity: int) -> torch.Tensor:
 
 
 def pack_tensor(arg: Argument, tensors: Mapping[str, torch.Tensor], layers: Mapping[str, SparseConv2d],
-                formats: Mapping[str, PackedFormat], capacity: Mapping[str, int], source: torch.Tensor | None = None) -> Any:
+                formats: Mapping[str, PackedFormat], capacity: Mapping[str, int], source: torch.Tensor | None = None
+                ) -> np.ndarray:
     """The array of step argument `arg` from the model (`source` replaces a trainable's tensor: its momentum)."""
     if arg.kind == "values":
         weight = source if source is not None else layers[arg.name].weight
