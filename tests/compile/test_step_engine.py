@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+from typing import Any
 
 import pytest
 import torch
@@ -136,3 +137,46 @@ def test_bad_combinations_are_refused(settings: dict, message: str, tmp_path: pa
     config = dataclasses.replace(BASE, **{"engine": "tvm", **settings})
     with pytest.raises(MestError, match=message):
         Trainer(config, tmp_path)
+
+
+class _Branchy(torch.nn.Module):
+    """Control flow on data: torch.export cannot trace it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        return self.linear(x) if float(x.sum()) > 0 else -self.linear(x)
+
+
+def _leaky() -> torch.nn.Module:
+    """LeakyReLU has no Relax gradient in TVM 0.27."""
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.LeakyReLU(), torch.nn.Linear(16, 10))
+
+
+@pytest.mark.parametrize(("model", "message"), [
+    (_Branchy, "torch.export could not trace the training step"),
+    (_leaky, "cannot be differentiated in Relax: .*leakyrelu"),
+])
+def test_untraceable_or_underivable_models_are_one_line(model: Any, message: str) -> None:
+    from mest_compile.compiler.step.build import Sgd, compile_step
+    from mest_compile.compiler.target import as_target
+
+    with pytest.raises(MestError, match=message) as caught:
+        compile_step(model(), {}, (4, 1, 8, 8), 10, as_target("host"), Sgd(0.9, 0.0))
+    assert "\n" not in str(caught.value)
+
+
+def test_cli_refuses_a_board_target_without_a_board(tmp_path: pathlib.Path) -> None:
+    from click.testing import CliRunner
+
+    import mest_compile.cli.train  # noqa: F401  (registers the command)
+    from mest_compile.cli import cli
+
+    result = CliRunner().invoke(cli, ["train", "--engine", "tvm", "--target", "arm", "--epochs", "1",
+                                      "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert "give --rpc HOST:PORT" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
