@@ -130,7 +130,9 @@ def test_tvm_run_resumes(tmp_path: pathlib.Path) -> None:
 @pytest.mark.parametrize(("settings", "message"), [
     ({"compiled": True}, "drop one of them"),
     ({"optimizer": "adam"}, "trains with SGD"),
-    ({"target": "arm"}, "this machine's CPU"),
+    ({"target": "arm"}, "give --rpc HOST:PORT"),
+    ({"target": "cuda"}, "runs the step on a CPU"),
+    ({"rpc": "emulated"}, "is this machine's CPU"),
     ({"engine": "nope"}, "unknown step engine"),
 ])
 def test_bad_combinations_are_refused(settings: dict, message: str, tmp_path: pathlib.Path) -> None:

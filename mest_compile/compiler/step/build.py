@@ -131,7 +131,8 @@ class _PlainCallTir(relax.PyExprMutator):
     def visit_call_(self, call: relax.Call) -> relax.Expr:  # noqa: D102
         call = self.visit_expr_post_order(call)
         if isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.call_tir_with_grad":
-            return relax.call_tir(call.args[0], call.args[1], call.ty_args[0])
+            out = call.ty_args[0]
+            return relax.call_tir(call.args[0], call.args[1], list(out.fields) if isinstance(out, relax.TupleType) else out)
         return call
 
 

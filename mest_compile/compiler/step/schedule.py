@@ -31,11 +31,20 @@ class _ParallelLoops(dlight.ScheduleRule):
     def apply(self, func: tirx.PrimFunc, target: tvm.target.Target, tunable: bool) -> s_tir.Schedule | None:  # noqa: D102
         if not isinstance(func, tirx.PrimFunc):
             return None
+        for inline in (True, False):  # inlining fails on some multi-output functions: then loops alone
+            try:
+                return self._schedule(func, inline)
+            except (RuntimeError, ValueError):
+                continue
+        return None
+
+    def _schedule(self, func: tirx.PrimFunc, inline: bool) -> s_tir.Schedule | None:
         sch = s_tir.Schedule(func)
         infos = dlight.analysis.normalize_prim_func(sch)
         if infos is None:
             return None
-        infos = dlight.base.common_schedules.try_inline_contiguous_spatial(sch, infos)
+        if inline:
+            infos = dlight.base.common_schedules.try_inline_contiguous_spatial(sch, infos)
         for info in infos or []:
             kinds = info.dom_kind()
             loops = sch.get_loops(info.block_rv)
@@ -55,6 +64,19 @@ class _ParallelLoops(dlight.ScheduleRule):
         return sch
 
 
+class _Guarded(dlight.ScheduleRule):
+    """A dlight rule that declines (None) where it fails, so the next rule gets the function."""
+
+    def __init__(self, rule: dlight.ScheduleRule) -> None:
+        self.rule = rule
+
+    def apply(self, func: tirx.PrimFunc, target: tvm.target.Target, tunable: bool) -> Any:  # noqa: D102
+        try:
+            return self.rule.apply(func, target, tunable)
+        except (RuntimeError, ValueError):
+            return None
+
+
 def mark_scheduled(func: tirx.PrimFunc) -> tirx.PrimFunc:
     """A hand-scheduled kernel, left alone by the default schedules and never fused with its neighbours."""
     return func.with_attr("tirx.is_scheduled", True).with_attr("op_pattern", 8)  # 8: kOpaque
@@ -70,7 +92,8 @@ def step_pipeline(target: Target) -> Any:
             seq = tvm.transform.Sequential([
                 *cpu_pipeline.library_dispatch_passes(tgt),
                 *cpu_pipeline.legalize_passes(tgt),
-                dlight.ApplyDefaultSchedule(dlight.cpu.Reduction(), dlight.cpu.GEMV(), _ParallelLoops()),
+                dlight.ApplyDefaultSchedule(_Guarded(dlight.cpu.Reduction()), _Guarded(dlight.cpu.GEMV()),
+                                            _ParallelLoops()),
                 *cpu_pipeline.dataflow_lower_passes(tgt),
                 *cpu_pipeline.finalize_passes(tgt),
             ])

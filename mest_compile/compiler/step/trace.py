@@ -23,6 +23,7 @@ import torch.nn.functional as F
 import tvm
 from torch import nn
 
+from mest_compile.compiler.step import batch_norm
 from mest_compile.errors import MestError
 from mest_compile.sparsity.module import sparse_layers
 
@@ -66,14 +67,14 @@ class _TrainBatchNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         count = x.numel() // x.shape[1]
-        mean = x.mean(dim=(0, 2, 3))
-        centred = x - mean[None, :, None, None]
-        var = (centred * centred).mean(dim=(0, 2, 3))
+        # Batch statistics only: the step's batch-norm kernels (`batch_norm.py`) compute this op.
+        y, mean, rstd = torch.ops.aten._native_batch_norm_legit.no_stats(x, self.weight, self.bias, True,
+                                                                          self.momentum, self.eps)
+        var = 1.0 / (rstd * rstd) - self.eps
         m = self.momentum
         self.updates = ((1 - m) * self.running_mean + m * mean,
                         (1 - m) * self.running_var + m * var * (count / max(count - 1, 1)))
-        scale = self.weight / torch.sqrt(var + self.eps)
-        return centred * scale[None, :, None, None] + self.bias[None, :, None, None]
+        return y
 
 
 class _Step(nn.Module):
@@ -135,7 +136,8 @@ def trace_step(model: nn.Module, batch_shape: tuple[int, ...], num_classes: int)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            module = from_exported_program(program, keep_params_as_input=True)
+            module = from_exported_program(program, keep_params_as_input=True,
+                                           custom_convert_map={batch_norm.OP_NAME: batch_norm.convert})
     except Exception as err:  # noqa: BLE001
         raise MestError(f"Relax could not import the training step: {_first_line(err)}") from err
     names = {relax: torch_name.removeprefix(_PREFIX)
