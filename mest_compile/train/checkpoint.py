@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from mest_compile.errors import MestError
+from mest_compile.errors import MestError, first_line
 from mest_compile.io import atomic_write
 
 FORMAT = "mest-compile-checkpoint"
@@ -38,7 +38,7 @@ def load_checkpoint(path: str | pathlib.Path) -> dict[str, Any]:
         # weights_only: a checkpoint is data; loading one must never run code.
         state = torch.load(file, map_location="cpu", weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise MestError(f"checkpoint {str(file)!r} is corrupt or unreadable ({reason[:120]})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise MestError(f"{str(file)!r} is not a mest-compile checkpoint")

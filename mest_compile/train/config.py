@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from mest_compile.algorithms import algorithm_specs
-from mest_compile.errors import MestError
+from mest_compile.errors import MestError, first_line
 from mest_compile.train.sections import CORE_SECTIONS, DataConfig, OptimConfig, RunConfig, SparseConfig
 
 
@@ -143,7 +143,7 @@ class TrainConfig:
             try:
                 loaded = yaml.safe_load(file.read_text())
             except yaml.YAMLError as exc:
-                raise MestError(f"config file {str(file)!r} is not valid YAML: {_first_line(exc)}") from None
+                raise MestError(f"config file {str(file)!r} is not valid YAML: {first_line(exc)}") from None
             if loaded is not None and not isinstance(loaded, dict):
                 raise MestError(f"config file {str(file)!r} must hold a mapping of settings")
             data = flatten(loaded or {}, str(file))
@@ -218,6 +218,3 @@ def _coerce(spec: dataclasses.Field, value: Any, source: str) -> Any:
         raise MestError(f"{source}: {spec.name} has the wrong type: {value!r}") from None
     return value
 
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

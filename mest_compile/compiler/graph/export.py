@@ -23,7 +23,7 @@ from tvm import relax
 
 from mest_compile.compiler.presets import cross_compiler_for
 from mest_compile.compiler.graph.result import Rewritten
-from mest_compile.errors import MestError
+from mest_compile.errors import MestError, last_line
 
 
 def build(rewritten: Rewritten) -> Any:
@@ -36,12 +36,7 @@ def build(rewritten: Rewritten) -> Any:
         return tvm.compile(rewritten.module, target=rewritten.target)
     except Exception as err:  # noqa: BLE001  (TVM raises many error types; the user needs one line)
         raise MestError(f"TVM could not build the rewritten graph for {rewritten.target.kind.name}: "
-                        f"{_first_line(err)}") from err
-
-
-def _first_line(err: BaseException) -> str:
-    lines = [line for line in str(err).splitlines() if line.strip()]
-    return lines[-1].strip() if lines else type(err).__name__
+                        f"{last_line(err)}") from err
 
 
 def _cross_compiler(target: tvm.target.Target) -> str | None:

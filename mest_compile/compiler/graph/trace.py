@@ -21,7 +21,7 @@ import torch
 import tvm
 from torch import nn
 
-from mest_compile.errors import MestError
+from mest_compile.errors import MestError, first_line
 
 
 @dataclass
@@ -58,7 +58,7 @@ def _export(model: nn.Module, example: torch.Tensor, dynamic_batch: bool) -> tor
     try:
         return torch.export.export(model, (example,), dynamic_shapes=dims)
     except Exception as err:  # noqa: BLE001  (torch.export raises many types; the user needs one line)
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise MestError(f"torch.export could not trace the model: {first}") from err
 
 

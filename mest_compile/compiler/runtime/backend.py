@@ -18,7 +18,7 @@ from mest_compile.compiler.formats.geometry import ConvGeometry
 from mest_compile.compiler.runtime.cache import CACHE, KernelCache
 from mest_compile.compiler.runtime.compiled import CompiledKernels
 from mest_compile.compiler.runtime.gate import KernelGateError
-from mest_compile.compiler.runtime.policy import RecompilePolicy
+from mest_compile.compiler.runtime.policy import RecompilePolicy, refill
 from mest_compile.compiler.runtime.records import TunedChoices, current_records
 from mest_compile.compiler.target import Target
 from mest_compile.errors import MestError
@@ -82,16 +82,12 @@ class CompiledConvBackend:
             self._rebuild(module, kernels)
             self.stats.packs += 1
         elif self._version != module.mask_version:
-            units = self.family.units(module.mask)
-            if units > fmt.capacity:
-                self.stats.overflows += 1
-                self._rebuild(module, kernels)
+            decision = refill(self.policy, fmt, module.mask, self.family.units(module.mask), self._built_signature)
+            if decision == "reuse":
+                self.stats.repacks += 1
             else:
-                fmt.repack_(module.mask)
-                if self.policy.decide(units, fmt.capacity, fmt.signature(), self._built_signature) == "reuse":
-                    self.stats.repacks += 1
-                else:
-                    self._rebuild(module, kernels)
+                self.stats.overflows += int(decision == "overflow")
+                self._rebuild(module, kernels)
         self._version = module.mask_version
         assert self._fmt is not None
         return self._fmt

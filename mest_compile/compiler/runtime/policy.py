@@ -10,6 +10,7 @@ padding waste or signature drift beyond the thresholds.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,15 @@ class RecompilePolicy:
         if drift(signature, built_signature) > self.max_drift:
             return "drift"
         return "reuse"
+
+
+def refill(policy: RecompilePolicy, fmt: Any, mask: Any, units: int, built_signature: tuple) -> str:
+    """A mutated `mask` into `fmt`: "overflow" (untouched: it does not fit), else repacked in place and
+    `policy.decide`'s verdict ("reuse", or the reason the buffers should be rebuilt)."""
+    if units > fmt.capacity:
+        return "overflow"
+    fmt.repack_(mask)
+    return policy.decide(units, fmt.capacity, fmt.signature(), built_signature)
 
 
 def drift(a: tuple, b: tuple) -> float:

@@ -29,7 +29,7 @@ from mest_compile.compiler.runtime.records import TunedChoices
 from mest_compile.compiler.step.sparse import Lowered, lower
 from mest_compile.compiler.step.trace import TracedStep, trace_step
 from mest_compile.compiler.target import Target
-from mest_compile.errors import MestError
+from mest_compile.errors import MestError, last_line
 from mest_compile.sparsity.module import SparseConv2d
 
 
@@ -182,7 +182,7 @@ def build_step(lowered: Lowered, arguments: list[Argument], num_states: int, tar
     try:
         mod = relax.transform.Gradient("main", require_grads=require, target_index=0)(mod)
     except (RuntimeError, ValueError, TypeError) as err:
-        raise MestError(f"the training step cannot be differentiated in Relax: {_reason(err)}") from None
+        raise MestError(f"the training step cannot be differentiated in Relax: {last_line(err)}") from None
     finally:
         lowered.release()
     for gvar, func in list(mod.functions.items()):
@@ -192,16 +192,11 @@ def build_step(lowered: Lowered, arguments: list[Argument], num_states: int, tar
     try:
         executable = tvm.compile(mod, target=target.tvm, relax_pipeline=step_pipeline(target))
     except (RuntimeError, ValueError, TypeError) as err:
-        raise MestError(f"the training step did not build for {target.name}: {_reason(err)}") from None
+        raise MestError(f"the training step did not build for {target.name}: {last_line(err)}") from None
     # A foreign CPU's step is exported and run there (`step/board.py`), not loaded here.
     vm = relax.VirtualMachine(executable, tvm.cpu()) if local else None
     return BuiltStep(vm=vm, executable=executable, module=mod, arguments=arguments, num_states=num_states,
                      build_seconds=time.perf_counter() - start)
-
-
-def _reason(err: BaseException) -> str:
-    lines = [line for line in str(err).strip().splitlines() if line.strip()]
-    return lines[-1] if lines else type(err).__name__
 
 
 def runs_here(target: Target) -> bool:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from mest_compile.compiler.families import PackedFormat, family_for
-from mest_compile.compiler.runtime.policy import RecompilePolicy
+from mest_compile.compiler.runtime.policy import RecompilePolicy, refill
 from mest_compile.compiler.step.build import Argument, BuiltStep, Sgd, compile_step
 from mest_compile.compiler.step.device import StepDevice, step_device
 from mest_compile.compiler.step.state import momentum_of, pack_tensor, unpack_tensor
@@ -63,6 +63,8 @@ class TvmEngine(StepEngine):
         # The model's dense convs run on a kernel family's kernels (weight name -> family).
         self.dense_convs: dict[str, str] = {}
         self._versions: dict[str, int] = {}
+        # Each layer's format signature at its last build (what drift is measured from).
+        self._signatures: dict[str, tuple] = {}
         self._arrays: dict[Argument, Any] = {}
         self._momenta: dict[Argument, Any] = {}
         self._steps_this_epoch = 0
@@ -193,14 +195,11 @@ class TvmEngine(StepEngine):
                 continue
             family = family_for(layer.scheme.name)
             units = family.units(layer.mask)
-            if units > fmt.capacity:
-                self.counts["overflows"] += 1
-                decision = "overflow"
-            elif family.visits_every_value_row and units != self.rows[name]:
-                decision = "rows"
+            if family.visits_every_value_row and units != self.rows[name] and units <= fmt.capacity:
+                decision = "rows"  # its values must hold exactly the units: a new shape
             else:
-                fmt.repack_(layer.mask)
-                decision = self.policy.decide(units, fmt.capacity, fmt.signature(), self._signatures[name])
+                decision = refill(self.policy, fmt, layer.mask, units, self._signatures[name])
+                self.counts["overflows"] += int(decision == "overflow")
             self._versions[name] = layer.mask_version
             if decision == "reuse":
                 self.counts["repacks"] += 1

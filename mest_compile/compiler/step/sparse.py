@@ -71,7 +71,7 @@ class SparseSlot:
 
     Attributes:
         layer: the PyTorch weight name.
-        family: the scheme's kernel family; `kernels`: its kernels of `geometry`.
+        family: the scheme's kernel family.
         fmt: the layer's packed format (capacity rows).
         buffers: the format's index buffers the step takes, forward's first.
         values: the `values` parameter (capacity rows); `rows`: 1 for rows in use, 0 past them
@@ -81,8 +81,6 @@ class SparseSlot:
 
     layer: str
     family: KernelFamily
-    geometry: ConvGeometry
-    kernels: StepKernels
     fmt: PackedFormat
     buffers: tuple[str, ...]
     values: relax.Var
@@ -187,7 +185,7 @@ class _Lowering(relax.PyExprMutator):
         params = {b: relax.Var(f"{relax_name}_{b}", relax.TensorType(list(getattr(fmt, b).shape), _dtype(getattr(fmt, b))))
                   for b in order}  # fmt: skip
         row_shape = [capacity, *([1] * (values.dim() - 1))]
-        slot = SparseSlot(layer=layer_name, family=family, geometry=geo, kernels=kernels, fmt=fmt, buffers=tuple(order),
+        slot = SparseSlot(layer=layer_name, family=family, fmt=fmt, buffers=tuple(order),
                           values=relax.Var(f"{relax_name}_values", relax.TensorType([capacity, *values.shape[1:]], "float32")),
                           rows=relax.Var(f"{relax_name}_rows", relax.TensorType(row_shape, "float32")), params=params)
         self.slots[relax_name] = slot

@@ -24,7 +24,7 @@ import tvm
 from torch import nn
 
 from mest_compile.compiler.step import batch_norm
-from mest_compile.errors import MestError
+from mest_compile.errors import MestError, first_line
 from mest_compile.sparsity.module import sparse_layers
 
 #: How the step's module is prefixed in the traced parameter names (`model.features.conv1.weight`).
@@ -132,22 +132,17 @@ def trace_step(model: nn.Module, batch_shape: tuple[int, ...], num_classes: int)
             warnings.simplefilter("ignore", FutureWarning)  # torch's own pytree deprecations
             program = torch.export.export(step, (x, onehot))
     except Exception as err:  # noqa: BLE001  (torch.export raises many types; the user needs one line)
-        raise MestError(f"torch.export could not trace the training step: {_first_line(err)}") from err
+        raise MestError(f"torch.export could not trace the training step: {first_line(err)}") from err
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             module = from_exported_program(program, keep_params_as_input=True,
                                            custom_convert_map={batch_norm.OP_NAME: batch_norm.convert})
     except Exception as err:  # noqa: BLE001
-        raise MestError(f"Relax could not import the training step: {_first_line(err)}") from err
+        raise MestError(f"Relax could not import the training step: {first_line(err)}") from err
     names = {relax: torch_name.removeprefix(_PREFIX)
              for relax, torch_name in program.graph_signature.inputs_to_parameters.items()}
     states = tuple(f"{name}.{stat}" for name, _ in step.norms for stat in ("running_mean", "running_var"))
     return TracedStep(module=module, param_names=names, states=states,
                       batch_norms=tuple(name for name, _ in step.norms), batch_shape=tuple(batch_shape),
                       num_classes=num_classes)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
