@@ -26,7 +26,7 @@ def _option(field: dataclasses.Field) -> Callable[[Callable[..., Any]], Callable
     return click.option(flag, field.name, type=param_type, default=None, help=f"{help_text}  [default: {default}]")
 
 
-def _with_config_options(command: Callable[..., Any]) -> Callable[..., Any]:
+def with_config_options(command: Callable[..., Any]) -> Callable[..., Any]:
     # One flag per setting of every section, the registered algorithms' included.
     for _, field in reversed(list(setting_fields().values())):
         command = _option(field)(command)
@@ -42,7 +42,7 @@ def _with_config_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @click.option("--compare-dense", is_flag=True,
               help="also train the same model densely (in OUT/dense) and print both accuracies")
-@_with_config_options
+@with_config_options
 def train(config_file: str | None, out: str, resume: bool, quiet: bool, compare_dense: bool,
           **flags: Any) -> None:
     """Train a sparse model with MEST's Elastic Mutation and Soft Memory Bound."""

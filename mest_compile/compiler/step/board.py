@@ -25,7 +25,7 @@ from torch import nn
 from mest_compile.compiler.devices.board_image import BoardImage, provision_board
 from mest_compile.compiler.devices.cross import board_fcompile
 from mest_compile.compiler.devices.insn_count import count_per_call
-from mest_compile.compiler.step.build import Argument, Sgd, compile_step
+from mest_compile.compiler.step.build import Argument, CompiledStep, Sgd, compile_step
 from mest_compile.compiler.step.state import momentum_of, pack_tensor
 from mest_compile.compiler.target import Target
 from mest_compile.errors import MestError
@@ -57,16 +57,24 @@ class ExportedStep:
     arguments: list[Argument]
     batch_shape: tuple[int, ...]
     num_classes: int
+    #: What the step was built with (what a bundle needs to repack on the board).
+    compiled: CompiledStep | None = None
 
 
 def export_step(model: nn.Module, batch_shape: tuple[int, ...], num_classes: int, target: Target, sgd: Sgd,
-                out: str | Path, optimizer: torch.optim.Optimizer | None = None) -> ExportedStep:
+                out: str | Path, optimizer: torch.optim.Optimizer | None = None, *,
+                allow_host: bool = False) -> ExportedStep:
     """Compile `model`'s training step for `target`'s board and write it with the model's state to `out`.
 
+    Args:
+        allow_host: also export for this machine's own kind of CPU (linked here, no cross compiler).
+
     Raises:
-        MestError: the target builds for this machine (nothing to cross-compile), or the step failed.
+        MestError: the target builds for this machine (nothing to cross-compile) and `allow_host`
+            is false, or the step failed.
     """
-    if target.preset.cross_compiler is None:
+    host = target.preset.cross_compiler is None
+    if host and not allow_host:
         raise MestError(f"target {target.name!r} builds for this machine: use --engine tvm here")
     layers = sparse_layers(model)
     step = compile_step(model, layers, batch_shape, num_classes, target, sgd)
@@ -87,14 +95,14 @@ def export_step(model: nn.Module, batch_shape: tuple[int, ...], num_classes: int
             source = momentum_of(optimizer, base) if optimizer is not None else torch.zeros_like(base)
         arrays[f"a{i}"] = pack_tensor(arg, tensors, layers, formats, rows, source=source)
         order.append(f"a{i}")
-    _write_atomic(path / LIBRARY, lambda tmp: step.built.executable.export_library(
-        str(tmp), fcompile=board_fcompile(target.preset)))
+    fcompile = None if host else board_fcompile(target.preset)
+    _write_atomic(path / LIBRARY, lambda tmp: step.built.executable.export_library(str(tmp), fcompile=fcompile))
     _write_atomic(path / STATE, lambda tmp: np.savez(open(tmp, "wb"), **arrays))
     manifest = {"order": order, "arguments": [asdict(a) | {"role": r or "value"} for a, r in groups],
                 "batch_shape": list(batch_shape), "num_classes": num_classes, "target": target.name}
     _write_atomic(path / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1)))
     return ExportedStep(path=path, arguments=step.built.arguments, batch_shape=tuple(batch_shape),
-                        num_classes=num_classes)
+                        num_classes=num_classes, compiled=step)
 
 
 def _write_atomic(path: Path, write: Any) -> None:

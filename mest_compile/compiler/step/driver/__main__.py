@@ -1,0 +1,7 @@
+"""`python -m mest_driver` (see `loop.py`)."""
+
+import sys
+
+from .loop import main
+
+sys.exit(main())
