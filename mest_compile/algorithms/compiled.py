@@ -32,6 +32,10 @@ class CompileConfig:
     rpc: str | None = setting(None, "--engine tvm on a board: its TVM RPC tracker HOST:PORT, or 'emulated' for the "
                                     "project's emulated aarch64 board", text=True)
     rpc_key: str | None = setting(None, "the key the board registered under at the --rpc tracker", text=True)
+    # A board whose TVM is the runtime alone cannot build: its kernels come from a host.
+    prebuilt: str | None = setting(None, "--compiled with kernels built on a host for this machine "
+                                         "(a `mest-compile prebuild` folder): loaded, gated, never built here",
+                                   text=True)
 
     def __post_init__(self) -> None:
         if self.fallback not in FALLBACKS:

@@ -11,6 +11,6 @@ __all__ = ["cli", "main"]
 
 def main() -> None:
     """Console-script entry point."""
-    from mest_compile.cli import bench, export, inspect, profile, schemes, targets, train, tune  # noqa: F401  (registers the commands)
+    from mest_compile.cli import bench, export, inspect, prebuild, profile, schemes, targets, train, tune  # noqa: F401  (registers the commands)
 
     sys.exit(cli.main())

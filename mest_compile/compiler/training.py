@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from mest_compile.algorithms.compiled import CompileConfig
+from mest_compile.errors import MestError
 from mest_compile.compiler.api import compile_model
+from mest_compile.compiler.prebuilt import load_prebuilt
 from mest_compile.compiler.runtime.cache import CACHE
 from mest_compile.compiler.tune.records import TuningRecords
 from mest_compile.train.events import TrainingAlgorithm
@@ -37,6 +39,7 @@ class CompiledKernels(TrainingAlgorithm):
         self.config = config
         # Layer name -> compile_model's report (status, reason, speedup, tuned kernels).
         self.kernels: dict[str, dict[str, Any]] = {}
+        self.target_name = config.target
 
     def setup(self, trainer: Trainer) -> None:
         """Compile (or reuse) each layer's kernels now, timed on one training batch."""
@@ -45,8 +48,15 @@ class CompiledKernels(TrainingAlgorithm):
         example = trainer.data.train_x[: trainer.config.optim.batch_size]
         # Whatever the compiler may draw from torch's global generator, the run must not see it:
         # the seeded stream belongs to the training (same seed, same run, compiled or not).
+        target: Any = self.config.target
+        if self.config.prebuilt is not None:
+            target = load_prebuilt(self.config.prebuilt).target
+            if self.config.target not in ("host", target.name):
+                raise MestError(f"the kernels in {self.config.prebuilt} were built for {target.name}, "
+                                f"not --target {self.config.target}")
+        self.target_name = target if isinstance(target, str) else target.name
         with torch.random.fork_rng(devices=[]):
-            self.kernels = compile_model(trainer.model, self.config.target, example_input=example,
+            self.kernels = compile_model(trainer.model, target, example_input=example,
                                          fallback=self.config.fallback, records=records)
 
     def summary(self, trainer: Trainer) -> dict[str, Any]:
@@ -66,4 +76,4 @@ class CompiledKernels(TrainingAlgorithm):
                 for key in totals:
                     totals[key] += stats[key]
             layers[name] = entry
-        return {"target": self.config.target, "builds": CACHE.stats.to_dict(), **totals, "layers": layers}
+        return {"target": self.target_name, "prebuilt": self.config.prebuilt, "builds": CACHE.stats.to_dict(), **totals, "layers": layers}

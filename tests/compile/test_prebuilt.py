@@ -112,3 +112,33 @@ def test_refuses_a_folder_without_manifest_or_of_another_format(tmp_path: Path) 
     with pytest.raises(MestError, match="format 99"):
         load_prebuilt(tmp_path)
 
+
+
+def test_cli_prebuild_then_train_compiled_on_the_prebuilt_kernels(tmp_path: Path) -> None:
+    """The user's route: `prebuild` for a target, then `train --compiled --prebuilt` (here: this machine)."""
+    import subprocess
+    import sys
+
+    from click.testing import CliRunner
+
+    from mest_compile.cli import cli, prebuild as _  # noqa: F401  (registers the command)
+
+    run = ["--dataset", "digits", "--model", "small_cnn", "--scheme", "block", "--sparsity", "0.75",
+           "--epochs", "1", "--batch-size", "128"]
+    done = CliRunner().invoke(cli, ["prebuild", *run, "--target", "host", "--out", str(tmp_path / "kernels")])
+    assert done.exit_code == 0, done.output
+    again = CliRunner().invoke(cli, ["prebuild", *run, "--out", str(tmp_path / "kernels")])
+    assert again.exit_code == 2 and "already exists" in again.output
+    # A fresh process, as on a board: the kernel cache starts empty, so a build would be counted.
+    proc = subprocess.run([sys.executable, "-c", "from mest_compile.cli import main; main()", "train", *run, "--quiet",
+                           "--compiled", "--prebuilt", str(tmp_path / "kernels"), "--fallback", "never",
+                           "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    kernels = json.loads((tmp_path / "run" / "summary.json").read_text())["kernels"]
+    assert kernels["prebuilt"] == str(tmp_path / "kernels")
+    assert kernels["builds"]["builds"] == 0 and kernels["builds"]["loads"] >= 1
+    assert all(layer["status"] == "compiled" for layer in kernels["layers"].values()), kernels["layers"]
+    wrong = subprocess.run([sys.executable, "-c", "from mest_compile.cli import main; main()", "train", *run, "--quiet",
+                            "--compiled", "--prebuilt", str(tmp_path / "kernels"), "--target", "arm",
+                            "--out", str(tmp_path / "run2")], capture_output=True, text=True, timeout=600, check=False)
+    assert wrong.returncode == 2 and "were built for" in wrong.stderr

@@ -26,7 +26,7 @@ OLD_FLAT = {
     "output_name": "mest", "compiled": False, "target": "host", "fallback": "measure", "work_dir": None, "threads": None,
 }
 # Settings added since, with their defaults (runs without them read as before).
-ADDED = {"engine": "torch", "rpc": None, "rpc_key": None}
+ADDED = {"engine": "torch", "rpc": None, "rpc_key": None, "prebuilt": None}
 
 
 def test_sections_flat_names_and_replace() -> None:

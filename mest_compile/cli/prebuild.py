@@ -1,0 +1,51 @@
+"""`mest-compile prebuild`: a run's kernels built here for a board that cannot build them (`train --prebuilt`)."""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+import tempfile
+from typing import Any
+
+import click
+
+from mest_compile.cli.group import cli
+from mest_compile.cli.train import with_config_options
+from mest_compile.errors import MestError
+from mest_compile.train.config import TrainConfig
+
+
+@cli.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="YAML file of the run's settings (as for `train`); flags override it")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="the kernel folder (new or empty)")
+@with_config_options
+def prebuild(config_file: str | None, out: str, **flags: Any) -> None:
+    """Build a run's sparse kernels for --target (e.g. arm) into a folder that `train --compiled --prebuilt` loads."""
+    from mest_compile.compiler.prebuilt import prebuild as build_into
+    from mest_compile.compiler.target import as_target
+    from mest_compile.compiler.tune.records import TuningRecords
+    from mest_compile.train.loop import Trainer
+
+    folder = pathlib.Path(out)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise MestError(f"{out!r} already exists and is not an empty directory: choose another --out")
+    config = TrainConfig.load(config_file, flags)
+    target = as_target(config.compile.target)
+    records = TuningRecords(config.compile.work_dir) if config.compile.work_dir is not None else None
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch:  # the trainer's run directory; nothing is written there
+        trainer = Trainer(config, pathlib.Path(scratch) / "run")
+        example = trainer.data.train_x[: config.optim.batch_size]
+        # Built beside the folder and renamed: a failed build leaves nothing half-written.
+        work = pathlib.Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        try:
+            manifest = build_into(trainer.model, example, target, work, records=records)
+            if folder.exists():
+                folder.rmdir()
+            work.rename(folder)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+    click.echo(f"{manifest.name} and the kernels of {target.name} in {folder}\n"
+               f"on the board: mest-compile train --compiled --prebuilt {folder} (with the same settings)")
