@@ -40,3 +40,32 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO], object], mo
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write `text` to `path` atomically."""
     atomic_write(path, lambda handle: handle.write(text), mode="w")
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike[str]) -> Iterator[pathlib.Path]:
+    """A temporary directory beside `path` to fill; on success it becomes `path` in one rename.
+
+    `path` must not exist or be an empty directory (checked first). On an exception the
+    temporary directory is removed and nothing appears at `path`.
+
+    Raises:
+        MestError: `path` exists and is not an empty directory.
+    """
+    import shutil
+
+    from mest_compile.errors import MestError
+
+    target = pathlib.Path(path)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise MestError(f"{str(target)!r} already exists and is not an empty directory: choose another --out")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield work
+        if target.exists():
+            target.rmdir()
+        work.rename(target)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pathlib
-import shutil
 import tempfile
 from typing import Any
 
@@ -11,7 +10,7 @@ import click
 
 from mest_compile.cli.group import cli
 from mest_compile.cli.train import with_config_options
-from mest_compile.errors import MestError
+from mest_compile.io import atomic_directory
 from mest_compile.train.config import TrainConfig
 
 
@@ -27,25 +26,13 @@ def prebuild(config_file: str | None, out: str, **flags: Any) -> None:
     from mest_compile.compiler.tune.records import TuningRecords
     from mest_compile.train.loop import Trainer
 
-    folder = pathlib.Path(out)
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise MestError(f"{out!r} already exists and is not an empty directory: choose another --out")
     config = TrainConfig.load(config_file, flags)
     target = as_target(config.compile.target)
     records = TuningRecords(config.compile.work_dir) if config.compile.work_dir is not None else None
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as scratch:  # the trainer's run directory; nothing is written there
-        trainer = Trainer(config, pathlib.Path(scratch) / "run")
-        example = trainer.data.train_x[: config.optim.batch_size]
-        # Built beside the folder and renamed: a failed build leaves nothing half-written.
-        work = pathlib.Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-        try:
-            manifest = build_into(trainer.model, example, target, work, records=records)
-            if folder.exists():
-                folder.rmdir()
-            work.rename(folder)
-        except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
-            raise
+    folder = pathlib.Path(out)
+    with atomic_directory(folder) as work, tempfile.TemporaryDirectory() as scratch:
+        trainer = Trainer(config, pathlib.Path(scratch) / "run")  # its run directory: nothing is written there
+        manifest = build_into(trainer.model, trainer.data.train_x[: config.optim.batch_size], target, work,
+                              records=records)
     click.echo(f"{manifest.name} and the kernels of {target.name} in {folder}\n"
                f"on the board: mest-compile train --compiled --prebuilt {folder} (with the same settings)")

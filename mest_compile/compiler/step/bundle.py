@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +29,7 @@ from mest_compile.compiler.step.driver import loop as driver_loop
 from mest_compile.compiler.step.driver.schemes import SCHEMES as DRIVER_SCHEMES
 from mest_compile.compiler.target import Target
 from mest_compile.errors import MestError
+from mest_compile.io import atomic_directory
 from mest_compile.sparsity.compat import Compat
 from mest_compile.train.optim import SCHEDULERS
 
@@ -74,13 +74,8 @@ def export_bundle(trainer: Trainer, target: Target, out: str | Path) -> Path:
         MestError: the run uses something the board driver does not do (one line), `out` is not
             empty, or the step failed to compile.
     """
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise MestError(f"{str(out)!r} already exists and is not an empty directory: choose another --out")
     plan = _plan(trainer)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(out) as work:
         data = trainer.data
         batch_shape = (trainer.config.optim.batch_size, *data.train_x.shape[1:])
         if len(data.train_y) < batch_shape[0]:
@@ -104,13 +99,7 @@ def export_bundle(trainer: Trainer, target: Target, out: str | Path) -> Path:
             model=trainer.config.data.model, scheme=trainer.config.sparse.scheme, sparsity=trainer.sparsity(),
             target=target.name, epochs=len(plan["lr"]), batch=batch_shape[0], examples=len(data.train_y),
             momentum=plan["sgd"]["momentum"], weight_decay=plan["sgd"]["weight_decay"]))
-        if out.exists():
-            out.rmdir()
-        work.rename(out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    return out
+    return Path(out)
 
 
 def _sgd(trainer: Trainer) -> Sgd:
