@@ -21,6 +21,7 @@ from mest_compile.compiler.formats.geometry import ConvGeometry
 from mest_compile.compiler.runtime.backend import CompiledConvBackend, geometry_of
 from mest_compile.compiler.runtime.cache import kernels_for
 from mest_compile.compiler.runtime.gate import KernelGateError
+from mest_compile.compiler.runtime.pack_cache import PACKED
 from mest_compile.compiler.runtime.policy import RecompilePolicy
 from mest_compile.compiler.runtime.records import TunedChoices, using
 from mest_compile.compiler.target import as_target
@@ -50,6 +51,8 @@ def sparse_conv2d(
     Differentiable in `x` and `weight`; the weight gradient is zero outside `mask`. The layer's
     kernels are compiled and gated on first use (about a second) and cached for the process; if
     they fail the correctness gate a warning says so and the masked dense conv is used instead.
+    Each distinct mask is packed once (`runtime/pack_cache.py`), so calling it every step with the
+    same mask costs the kernels only.
 
     Example:
         >>> y = sparse_conv2d(x, w, mask, scheme="block", padding=1)  # doctest: +SKIP
@@ -67,7 +70,7 @@ def sparse_conv2d(
     except KernelGateError as err:
         warnings.warn(f"{err}; using the masked dense conv", stacklevel=2)
         return F.conv2d(x, weight * mask, stride=s, padding=p)
-    return kernels.conv(x, weight, kernels.pack(mask))
+    return kernels.conv(x, weight, PACKED.get(kernels, mask))
 
 
 def unsupported(module: SparseConv2d) -> str | None:
