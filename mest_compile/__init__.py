@@ -12,9 +12,21 @@ Example:
 
 import os
 
+#: Environment variables importing mest_compile (or its compiler side) set because they were
+#: unset: what a benchmark removes again to run the dense side as the user would.
+SET_ON_IMPORT: list[str] = []
+
+
+def default_environment(name: str, value: str) -> None:
+    """Set `name` to `value` unless the user set it (recorded in `SET_ON_IMPORT`)."""
+    if name not in os.environ:
+        os.environ[name] = value
+        SET_ON_IMPORT.append(name)
+
+
 # PyTorch's OpenMP workers otherwise spin after every parallel op, on the cores the compiled
 # kernels' thread pool needs next (measured: a 0.6 ms kernel took 2-4 ms). Read when torch loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+default_environment("OMP_WAIT_POLICY", "PASSIVE")
 
 from mest_compile.errors import MestError  # noqa: E402
 from mest_compile.sparsity.bounds import BoundSchedule  # noqa: E402

@@ -10,5 +10,7 @@ overridden in the environment.
 
 import os
 
-os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
-os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "2000")
+from mest_compile import default_environment
+
+default_environment("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+default_environment("TVM_THREAD_POOL_SPIN_COUNT", "2000")

@@ -12,7 +12,7 @@ from mest_compile.cli import cli
 
 def test_bench_json_shape() -> None:
     result = CliRunner().invoke(cli, ["bench", "--scheme", "block", "--model", "small_cnn", "--batch", "4",
-                                      "--reps", "2", "--json"])
+                                      "--reps", "2", "--rounds", "1", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["scheme"] == "free_block_prune_column_4" and report["sparsity"] == 0.9
@@ -23,6 +23,10 @@ def test_bench_json_shape() -> None:
         assert layer["speedup_total"] > 0
     assert {"dense_ms", "sparse_ms", "speedup"} <= set(report["step"])
     assert report["memory"]["packed_bytes"] < report["memory"]["dense_bytes"]
+    # The dense side as a user runs it: its own process, which never loaded TVM.
+    assert report["sides"]["dense"]["tvm_loaded"] is False and report["rounds"] == 1
+    assert report["step"]["engine"] == "tvm" and report["cpu"]
+    assert all(report["memory"]["peak_rss_bytes"][side] > 0 for side in ("dense", "compiled"))
 
 
 def test_bench_rejects_a_scheme_without_kernels() -> None:

@@ -10,12 +10,10 @@ side (the tuner's numeric check and the benchmarks use it too).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
-from torch.nn.grad import conv2d_input, conv2d_weight
 
+from mest_compile.baseline.dense import dense_phase
 from mest_compile.compiler.families import KernelSet, PackedFormat
 from mest_compile.compiler.phases import PHASES
 from mest_compile.compiler.runtime.ops import packed_conv2d
@@ -27,25 +25,6 @@ class KernelGateError(MestError):
 
 # float32 sums of a few hundred products: errors far below this are rounding, above are bugs.
 _RTOL = 1e-4
-
-#: PyTorch's dense conv phases `(x, weight, dy, stride, padding) -> result`, by kernel name.
-_DENSE: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None, int, int], torch.Tensor]] = {
-    "forward": lambda x, w, dy, stride, padding: F.conv2d(x, w, stride=stride, padding=padding),
-    "dgrad": lambda x, w, dy, stride, padding: conv2d_input(x.shape, w, dy, stride=stride, padding=padding),
-    "wgrad": lambda x, w, dy, stride, padding: conv2d_weight(x, w.shape, dy, stride=stride, padding=padding),
-}
-
-
-def dense_phase(which: str, x: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor | None, stride: int,
-                padding: int) -> torch.Tensor:
-    """PyTorch's dense phase `which` (forward, dgrad, wgrad) of `conv2d(x, weight)`; `dy` is unused by forward.
-
-    Exactly one torch call, so the benchmarks time it as the dense baseline.
-    """
-    if which not in _DENSE:
-        raise MestError(f"unknown conv phase {which!r}; known: {', '.join(PHASES)}")
-    return _DENSE[which](x, weight, dy, stride, padding)
-
 
 def reference(which: str, x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, dy: torch.Tensor | None,
               stride: int, padding: int) -> torch.Tensor:

@@ -1,0 +1,84 @@
+"""A benchmark side in its own process: set up once, then time one round per request.
+
+The parent (`mest_compile.compiler.bench.run`) starts one process per side with a JSON spec,
+then alternates them: it writes `round` to one side's stdin and waits for its JSON line of times
+before asking the other, so only one side runs at a time. `quit` (or end of input) ends a side.
+`serve` is the loop; this module's `main` is the dense side:
+
+    python -m mest_compile.baseline.worker '{"scheme": ..., "cases": [...], ...}'
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from mest_compile.baseline.dense import dense_layer_calls, dense_step, layer_inputs_of, sparse_model
+
+Thunk = Callable[[], object]
+
+
+def time_round(layers: Mapping[str, Mapping[str, Thunk]], step: Thunk | None, reps: int,
+               step_reps: int) -> dict[str, Any]:
+    """Each layer's thunks `reps` times and the step `step_reps` times; times in ms, and the peak RSS."""
+    out: dict[str, Any] = {"layers": {}}
+    for name, calls in layers.items():
+        out["layers"][name] = {}
+        for key, call in calls.items():
+            times = []
+            for _ in range(reps):
+                start = time.perf_counter()
+                call()
+                times.append((time.perf_counter() - start) * 1e3)
+            out["layers"][name][key] = times
+    if step is not None:
+        times = []
+        for _ in range(step_reps):
+            start = time.perf_counter()
+            step()
+            times.append((time.perf_counter() - start) * 1e3)
+        out["step"] = times
+    out["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return out
+
+
+def serve(run_round: Callable[[], dict[str, Any]], ready: dict[str, Any]) -> None:
+    """Print `ready` (set-up facts), then one JSON line per `round` read from stdin."""
+    print(json.dumps(ready), flush=True)
+    for line in sys.stdin:
+        if line.strip() != "round":
+            break
+        print(json.dumps(run_round()), flush=True)
+
+
+def dense_side(spec: Mapping[str, Any]) -> tuple[Callable[[], dict[str, Any]], dict[str, Any]]:
+    """The dense side of `spec`: its round and its set-up facts."""
+    layers = {}
+    for case in spec["cases"]:
+        x, w, mask, dy = layer_inputs_of(case, spec["scheme"], spec["sparsity"], spec["batch"], spec["seed"])
+        layers[case["name"]] = dense_layer_calls(x, w * mask, dy, case["stride"], case["padding"])
+    step = None
+    if spec["step"]:
+        model = sparse_model(spec["model"], spec["scheme"], spec["sparsity"], spec["seed"])
+        generator = torch.Generator().manual_seed(spec["seed"])
+        x = torch.randn(spec["batch"], *spec["image"], generator=generator)
+        y = torch.randint(0, 10, (spec["batch"],), generator=generator)
+        step = dense_step(model, x, y)
+    facts = {"side": "dense", "torch_threads": torch.get_num_threads(), "tvm_loaded": "tvm" in sys.modules}
+    return (lambda: time_round(layers, step, spec["reps"], spec["step_reps"])), facts
+
+
+def main() -> None:
+    """The dense side's process (see the module docstring)."""
+    run_round, facts = dense_side(json.loads(sys.argv[1]))
+    serve(run_round, facts)
+
+
+if __name__ == "__main__":
+    main()
