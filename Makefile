@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU build of torch; set TORCH_SPEC= to keep whatever torch the index gives.
 TORCH_SPEC ?= torch==2.13.0
 # Debian packages, by who needs them. The compiler links host kernels with the C++ toolchain
-# (`--compiled` training, compile_model, tune); the demo trains with masked dense convs and needs none.
+# (`--compiled` training, compile_model, tune, the demo's benchmark).
 COMPILER_PACKAGES ?= g++
 # The emulated tests add the aarch64 cross toolchain and qemu-user (the emulated ARM board), and
 # PoCL (an OpenCL device on the CPU).
@@ -58,10 +58,13 @@ nvcc: $(STAMP)
 	fi
 
 # MEST Elastic Mutation, 90% block sparsity, on the offline digits set; prints accuracy vs dense.
-# Torch only (configs/demo.yaml does not set `compiled`), so no system packages.
-demo: install
+# Then the compiler's job: ResNet-32's block-sparse convs and its whole training step compiled
+# (--engine tvm) against dense PyTorch, each side in its own process, on a CIFAR-sized batch.
+DEMO_BENCH ?= --scheme block --sparsity 0.9 --reps 5 --rounds 2
+demo: install compiler-deps
 	rm -rf $(DEMO_OUT)
 	$(BIN)/mest-compile train --config configs/demo.yaml --out $(DEMO_OUT) --compare-dense
+	$(BIN)/mest-compile bench $(DEMO_BENCH)
 
 test: install test-deps
 	@if ! command -v nvcc >/dev/null && [ -z "$${CUDA_HOME:-}" ] && [ -x $(NVCC_HOME)/bin/nvcc ]; then \
