@@ -155,3 +155,15 @@ def test_torch_compile_of_a_model_with_compiled_layers():
     assert torch.allclose(y, ref, atol=1e-4)
     for sparse, plain in ((model[0], dense[0]), (model[2], dense[2])):
         assert torch.allclose(sparse.weight.grad, plain.weight.grad * sparse.mask, atol=1e-3)
+
+
+def test_identical_layers_share_one_fallback_verdict():
+    torch.manual_seed(3)
+    model = nn.Sequential(*(SparseConv2d.from_dense(nn.Conv2d(16, 16, 3, padding=1), SCHEME, sparsity=0.8)
+                            for _ in range(3)))
+    report = compile_model(model, example_input=torch.randn(4, 16, 8, 8))
+    first = report["0.weight"]
+    assert first["measured_with"] == "0.weight" and first["speedup"] > 0
+    for name in ("1.weight", "2.weight"):  # measured once: the same verdict, whatever the timing noise
+        assert report[name]["measured_with"] == "0.weight"
+        assert report[name]["speedup"] == first["speedup"] and report[name]["status"] == first["status"]
