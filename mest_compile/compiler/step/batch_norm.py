@@ -6,6 +6,12 @@ and their gradients it reads and writes each activation a dozen times per step. 
 the traced graph from the returned mean and inverse deviation) becomes `call_tir_with_grad` of a
 forward kernel (two statistics passes and one normalising pass) whose gradient is one backward
 kernel (one pass for the two sums, one for the input gradient), as PyTorch's own kernels do.
+
+Both kernels are written per channel: one parallel task takes a channel through all its passes
+while its slice (64x32x32 floats: 256 KiB) stays in L2, with vector accumulators. Measured on
+ResNet-32 at batch 64 (AMD EPYC Zen 4, 2 threads): 64x32x32x32 forward 2.4 -> 0.32 ms and backward
+2.8 -> 0.67 ms against the stage-per-pass TE version that dlight and `_ParallelLoops` scheduled
+(three and two sweeps over all channels, each reduction a scalar chain).
 """
 
 from __future__ import annotations
@@ -13,44 +19,110 @@ from __future__ import annotations
 from typing import Any
 
 import tvm_ffi
-from tvm import relax, te, tirx
+from tvm import relax, tirx
+from tvm.script import tirx as T
+
+from mest_compile.compiler.step.schedule import mark_scheduled
 
 _GRAD_NAME = "mest_batch_norm"
 #: What the importer calls the op (`node.target.__name__`).
 OP_NAME = "_native_batch_norm_legit.no_stats"
 
 
+def _lanes(width: int) -> int:
+    """Floats per vector accumulator: a whole AVX-512 vector where the rows allow."""
+    return 16 if width % 16 == 0 else 8 if width % 8 == 0 else 1
+
+
 def _forward(shape: tuple[int, ...], eps: float) -> tirx.PrimFunc:
-    n, c, h, w = shape
-    count = float(n * h * w)
-    x = te.placeholder(shape, "float32", name="x")
-    gamma, beta = te.placeholder((c,), "float32", name="gamma"), te.placeholder((c,), "float32", name="beta")
-    rn, rh, rw = te.reduce_axis((0, n), "rn"), te.reduce_axis((0, h), "rh"), te.reduce_axis((0, w), "rw")
-    total = te.compute((c,), lambda k: te.sum(x[rn, k, rh, rw], axis=[rn, rh, rw]), name="total")
-    mean = te.compute((c,), lambda k: total[k] / count, name="mean")
-    sn, sh, sw = te.reduce_axis((0, n), "sn"), te.reduce_axis((0, h), "sh"), te.reduce_axis((0, w), "sw")
-    squares = te.compute((c,), lambda k: te.sum((x[sn, k, sh, sw] - mean[k]) * (x[sn, k, sh, sw] - mean[k]),
-                                                axis=[sn, sh, sw]), name="squares")
-    rstd = te.compute((c,), lambda k: 1.0 / te.sqrt(squares[k] / count + eps), name="rstd")
-    y = te.compute(shape, lambda i, k, a, b: (x[i, k, a, b] - mean[k]) * (rstd[k] * gamma[k]) + beta[k], name="y")
-    return te.create_prim_func([x, gamma, beta, y, mean, rstd]).without_attr("global_symbol")
+    """`(x, gamma, beta) -> (y, mean, rstd)`, one channel per parallel task, all three passes on it."""
+    N, C, H, W = shape
+    V = _lanes(W)
+    WV, COUNT, EPS = W // V, float(N * H * W), float(eps)
+
+    @T.prim_func(s_tir=True, private=True)
+    def batch_norm_fwd(x: T.Buffer((N, C, H, W), "float32"), gamma: T.Buffer((C,), "float32"),
+                       beta: T.Buffer((C,), "float32"), y: T.Buffer((N, C, H, W), "float32"),
+                       mean: T.Buffer((C,), "float32"), rstd: T.Buffer((C,), "float32")):
+        T.func_attr({"tirx.noalias": True})
+        for k in T.parallel(C):
+            with T.sblock("bn"):
+                vk = T.axis.spatial(C, k)
+                T.reads(x[0:N, vk, 0:H, 0:W], gamma[vk], beta[vk])
+                T.writes(y[0:N, vk, 0:H, 0:W], mean[vk], rstd[vk])
+                acc = T.sblock_alloc_buffer((V,), "float32", scope="local")
+                st = T.sblock_alloc_buffer((3,), "float32", scope="local")  # mean, rstd, rstd * gamma
+                for l in T.vectorized(V):
+                    acc[l] = T.float32(0)
+                for n, a, wv in T.grid(N, H, WV):
+                    for l in T.vectorized(V):
+                        acc[l] = acc[l] + x[n, vk, a, wv * V + l]
+                st[0] = T.float32(0)
+                for l in range(V):
+                    st[0] = st[0] + acc[l]
+                st[0] = st[0] / T.float32(COUNT)
+                for l in T.vectorized(V):
+                    acc[l] = T.float32(0)
+                for n, a, wv in T.grid(N, H, WV):
+                    for l in T.vectorized(V):
+                        acc[l] = acc[l] + (x[n, vk, a, wv * V + l] - st[0]) * (x[n, vk, a, wv * V + l] - st[0])
+                st[1] = T.float32(0)
+                for l in range(V):
+                    st[1] = st[1] + acc[l]
+                st[1] = T.float32(1) / T.sqrt(st[1] / T.float32(COUNT) + T.float32(EPS))
+                st[2] = st[1] * gamma[vk]
+                for n, a, wv in T.grid(N, H, WV):
+                    for l in T.vectorized(V):
+                        y[n, vk, a, wv * V + l] = (x[n, vk, a, wv * V + l] - st[0]) * st[2] + beta[vk]
+                mean[vk] = st[0]
+                rstd[vk] = st[1]
+
+    return mark_scheduled(batch_norm_fwd)
 
 
 def _backward(shape: tuple[int, ...]) -> tirx.PrimFunc:
-    n, c, h, w = shape
-    count = float(n * h * w)
-    dy, x = te.placeholder(shape, "float32", name="dy"), te.placeholder(shape, "float32", name="x")
-    gamma = te.placeholder((c,), "float32", name="gamma")
-    mean, rstd = te.placeholder((c,), "float32", name="mean"), te.placeholder((c,), "float32", name="rstd")
-    rn, rh, rw = te.reduce_axis((0, n), "rn"), te.reduce_axis((0, h), "rh"), te.reduce_axis((0, w), "rw")
-    dbeta = te.compute((c,), lambda k: te.sum(dy[rn, k, rh, rw], axis=[rn, rh, rw]), name="dbeta")
-    sn, sh, sw = te.reduce_axis((0, n), "sn"), te.reduce_axis((0, h), "sh"), te.reduce_axis((0, w), "sw")
-    centred = te.compute((c,), lambda k: te.sum(dy[sn, k, sh, sw] * (x[sn, k, sh, sw] - mean[k]), axis=[sn, sh, sw]),
-                         name="dy_centred")
-    dgamma = te.compute((c,), lambda k: centred[k] * rstd[k], name="dgamma")
-    dx = te.compute(shape, lambda i, k, a, b: gamma[k] * rstd[k] * (
-        dy[i, k, a, b] - dbeta[k] / count - (x[i, k, a, b] - mean[k]) * rstd[k] * dgamma[k] / count), name="dx")
-    return te.create_prim_func([dy, x, gamma, mean, rstd, dx, dgamma, dbeta]).without_attr("global_symbol")
+    """`(dy, x, gamma, mean, rstd) -> (dx, dgamma, dbeta)`, one channel per parallel task: one pass for
+    both sums, one for dx."""
+    N, C, H, W = shape
+    V = _lanes(W)
+    WV, COUNT = W // V, float(N * H * W)
+
+    @T.prim_func(s_tir=True, private=True)
+    def batch_norm_bwd(dy: T.Buffer((N, C, H, W), "float32"), x: T.Buffer((N, C, H, W), "float32"),
+                       gamma: T.Buffer((C,), "float32"), mean: T.Buffer((C,), "float32"),
+                       rstd: T.Buffer((C,), "float32"), dx: T.Buffer((N, C, H, W), "float32"),
+                       dgamma: T.Buffer((C,), "float32"), dbeta: T.Buffer((C,), "float32")):
+        T.func_attr({"tirx.noalias": True})
+        for k in T.parallel(C):
+            with T.sblock("bn_grad"):
+                vk = T.axis.spatial(C, k)
+                T.reads(dy[0:N, vk, 0:H, 0:W], x[0:N, vk, 0:H, 0:W], gamma[vk], mean[vk], rstd[vk])
+                T.writes(dx[0:N, vk, 0:H, 0:W], dgamma[vk], dbeta[vk])
+                sdy = T.sblock_alloc_buffer((V,), "float32", scope="local")
+                sdx = T.sblock_alloc_buffer((V,), "float32", scope="local")
+                st = T.sblock_alloc_buffer((4,), "float32", scope="local")  # sum dy, sum dy*(x-mean), two terms
+                for l in T.vectorized(V):
+                    sdy[l] = T.float32(0)
+                    sdx[l] = T.float32(0)
+                for n, a, wv in T.grid(N, H, WV):
+                    for l in T.vectorized(V):
+                        sdy[l] = sdy[l] + dy[n, vk, a, wv * V + l]
+                        sdx[l] = sdx[l] + dy[n, vk, a, wv * V + l] * (x[n, vk, a, wv * V + l] - mean[vk])
+                st[0] = T.float32(0)
+                st[1] = T.float32(0)
+                for l in range(V):
+                    st[0] = st[0] + sdy[l]
+                    st[1] = st[1] + sdx[l]
+                dbeta[vk] = st[0]
+                dgamma[vk] = st[1] * rstd[vk]
+                st[2] = st[0] / T.float32(COUNT)
+                st[3] = rstd[vk] * st[1] * rstd[vk] / T.float32(COUNT)
+                for n, a, wv in T.grid(N, H, WV):
+                    for l in T.vectorized(V):
+                        dx[n, vk, a, wv * V + l] = gamma[vk] * rstd[vk] * (
+                            dy[n, vk, a, wv * V + l] - st[2] - (x[n, vk, a, wv * V + l] - mean[vk]) * st[3])
+
+    return mark_scheduled(batch_norm_bwd)
 
 
 def convert(node: Any, importer: Any) -> relax.Var:
