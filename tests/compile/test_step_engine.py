@@ -86,6 +86,11 @@ def test_tvm_training_follows_masked_dense(scheme: str, tmp_path: pathlib.Path) 
     assert engine["builds"] == 2 and engine["rebuilds"] == 0
     assert engine["packs"] == len(compiled.layers)
     assert engine["repacks"] == len(compiled.layers)
+    # The step holds the sparse layers packed (values, momentum, gradient, index buffers): at 75%
+    # sparsity less than the dense weight, gradient and momentum they replace (irregular's three
+    # index entries per weight and the capacity's headroom bring it to 0.65 of dense).
+    state = engine["sparse_state_bytes"]
+    assert 0 < state["packed"] < state["dense"], state
 
 
 def test_sparse_layers_run_on_their_kernels(tmp_path: pathlib.Path) -> None:

@@ -143,7 +143,18 @@ class TvmEngine(StepEngine):
         return {"name": self.name, "target": self.target.name if self.target else None, "device": self.device.name,
                 "bytes_sent": self.bytes_sent, "bytes_kept": self.bytes_kept, **self.counts,
                 "build_seconds": round(self.build_seconds, 3), "layers": self.report,
-                "dense_convs_on_kernels": self.dense_convs}
+                "dense_convs_on_kernels": self.dense_convs, "sparse_state_bytes": self._sparse_state_bytes(trainer)}
+
+    def _sparse_state_bytes(self, trainer: Trainer) -> dict[str, int]:
+        """What the step holds for its compiled sparse layers (values, momentum and gradient, each packed,
+        plus row masks and index buffers) against the dense weight, gradient and momentum they replace."""
+        packed = 0
+        for arg, array in self._arrays.items():
+            if arg.name in self.formats and arg.kind in ("values", "rows", "buffer"):
+                size = int(np.prod(array.shape)) * np.dtype(str(array.dtype)).itemsize
+                packed += size * (3 if arg.kind == "values" else 1)
+        dense = sum(3 * trainer.layers[name].weight.numel() * 4 for name in self.formats)
+        return {"packed": packed, "dense": dense}
 
     # --- building ------------------------------------------------------------------------------
     def _batch_shape(self, trainer: Trainer, batch: int) -> tuple[int, ...]:
