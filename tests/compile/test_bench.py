@@ -33,3 +33,17 @@ def test_bench_rejects_a_scheme_without_kernels() -> None:
     result = CliRunner().invoke(cli, ["bench", "--scheme", "nonsense"])
     assert result.exit_code == 2
     assert "unknown sparsity scheme 'nonsense'" in result.stderr
+
+
+def test_bench_times_the_torch_engine_step_too() -> None:
+    result = CliRunner().invoke(cli, ["bench", "--scheme", "channel", "--model", "small_cnn", "--batch", "4",
+                                      "--reps", "1", "--rounds", "1", "--step-engine", "torch", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["step"]["engine"] == "torch" and report["step"]["sparse_ms"] > 0
+    assert report["sides"]["compiled"]["layers"]["features.conv2"]["unit"] == "filter"
+
+
+def test_bench_refuses_zero_rounds() -> None:
+    result = CliRunner().invoke(cli, ["bench", "--rounds", "0"])
+    assert result.exit_code == 2 and "--rounds" in result.stderr
