@@ -11,6 +11,11 @@ Example:
 """
 
 import os
+import sys
+
+#: Whether PyTorch was loaded before mest_compile: then libgomp read its settings already, and
+#: the OMP_WAIT_POLICY set below does not reach it (see `openmp_passive`).
+TORCH_LOADED_FIRST = "torch" in sys.modules
 
 #: Environment variables importing mest_compile (or its compiler side) set because they were
 #: unset: what a benchmark removes again to run the dense side as the user would.
@@ -27,6 +32,17 @@ def default_environment(name: str, value: str) -> None:
 # PyTorch's OpenMP workers otherwise spin after every parallel op, on the cores the compiled
 # kernels' thread pool needs next (measured: a 0.6 ms kernel took 2-4 ms). Read when torch loads.
 default_environment("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def openmp_passive() -> bool:
+    """Whether PyTorch's OpenMP workers sleep when idle (`OMP_WAIT_POLICY=PASSIVE` seen as torch loaded).
+
+    False when the variable is unset or not PASSIVE, and when mest_compile set it after torch had
+    loaded (too late for libgomp, which reads it once).
+    """
+    if os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
+        return False
+    return not (TORCH_LOADED_FIRST and "OMP_WAIT_POLICY" in SET_ON_IMPORT)
 
 from mest_compile.errors import MestError  # noqa: E402
 from mest_compile.sparsity.bounds import BoundSchedule  # noqa: E402

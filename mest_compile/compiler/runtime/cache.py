@@ -11,13 +11,13 @@ way once `add`ed.
 
 from __future__ import annotations
 
-import os
 import threading
 import warnings
 from dataclasses import dataclass
 
 import torch
 
+from mest_compile import openmp_passive
 from mest_compile.compiler.families import KernelFamily
 from mest_compile.compiler.formats.geometry import ConvGeometry
 from mest_compile.compiler.runtime.compiled import CompiledKernels, build_kernels
@@ -131,11 +131,14 @@ def check_thread_environment() -> str | None:
 
     After a parallel PyTorch op, libgomp's workers spin (by default) while TVM's pool starts the
     kernel on the same cores; measured here, a 0.6 ms kernel then took 2-4 ms (a scheduler tick).
-    `OMP_WAIT_POLICY=PASSIVE` (read when torch loads, so set it before importing torch) fixes it.
+    `OMP_WAIT_POLICY=PASSIVE` (read when torch loads, so set it before importing torch) fixes it, as
+    does `torch.set_num_threads(1)` (measured: the same step time); `train --compiled` does the latter
+    by itself when the former did not reach PyTorch.
     """
-    if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE" or torch.get_num_threads() == 1:
+    if openmp_passive() or torch.get_num_threads() == 1:
         return None
     return (
-        "OMP_WAIT_POLICY is not PASSIVE: PyTorch's spinning OpenMP threads can slow compiled "
-        "kernels several-fold; set OMP_WAIT_POLICY=PASSIVE before importing torch"
+        "PyTorch's OpenMP threads spin after each op (OMP_WAIT_POLICY is not PASSIVE, or was set after torch "
+        "loaded) and can slow compiled kernels several-fold: set OMP_WAIT_POLICY=PASSIVE before importing "
+        "torch, or torch.set_num_threads(1)"
     )
