@@ -29,16 +29,15 @@ def default_environment(name: str, value: str) -> None:
         SET_ON_IMPORT.append(name)
 
 
-# PyTorch's OpenMP workers otherwise spin after every parallel op, on the cores the compiled
-# kernels' thread pool needs next (measured: a 0.6 ms kernel took 2-4 ms). Read when torch loads.
-default_environment("OMP_WAIT_POLICY", "PASSIVE")
+# OMP_WAIT_POLICY is left to the user: PASSIVE slowed a dense ResNet-32 step by 12-30% here, and
+# compiled training handles spinning PyTorch workers itself (`compiler/runtime/cache.py`).
 
 
 def openmp_passive() -> bool:
     """Whether PyTorch's OpenMP workers sleep when idle (`OMP_WAIT_POLICY=PASSIVE` seen as torch loaded).
 
-    False when the variable is unset or not PASSIVE, and when mest_compile set it after torch had
-    loaded (too late for libgomp, which reads it once).
+    False when the variable is unset or not PASSIVE, and when it was set by mest_compile after torch
+    had loaded (too late for libgomp, which reads it once).
     """
     if os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
         return False

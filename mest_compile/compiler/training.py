@@ -12,12 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from mest_compile import openmp_passive
 from mest_compile.algorithms.compiled import CompileConfig
 from mest_compile.errors import MestError
 from mest_compile.compiler.api import compile_model
 from mest_compile.compiler.prebuilt import load_prebuilt
-from mest_compile.compiler.runtime.cache import CACHE
+from mest_compile.compiler.runtime.cache import CACHE, quiet_torch_threads
 from mest_compile.compiler.tune.records import TuningRecords
 from mest_compile.train.events import TrainingAlgorithm
 
@@ -42,6 +41,7 @@ class CompiledKernels(TrainingAlgorithm):
         self.kernels: dict[str, dict[str, Any]] = {}
         self.target_name = config.target
         self.torch_threads = torch.get_num_threads()
+        self._restore: int | None = None
 
     def setup(self, trainer: Trainer) -> None:
         """Compile (or reuse) each layer's kernels now, timed on one training batch."""
@@ -57,17 +57,24 @@ class CompiledKernels(TrainingAlgorithm):
                 raise MestError(f"the kernels in {self.config.prebuilt} were built for {target.name}, "
                                 f"not --target {self.config.target}")
         self.target_name = target if isinstance(target, str) else target.name
-        # PyTorch's spinning OpenMP workers would take the cores from the kernels' pool (torch imported
-        # before mest_compile, or no PASSIVE policy): its ops then run on one thread, which measured as
-        # fast as the PASSIVE policy (block ResNet-32 step: 387-391 ms against 390-417 ms, and 540-546
-        # ms spinning), so the run does not depend on import order.
+        # PyTorch's spinning OpenMP workers would take the cores from the kernels' pool: for the run,
+        # its ops go to one thread (as fast as OMP_WAIT_POLICY=PASSIVE, whatever the import order).
+        self._restore = quiet_torch_threads()
         self.torch_threads = torch.get_num_threads()
-        if not openmp_passive() and self.torch_threads > 1:
-            torch.set_num_threads(1)
-            self.torch_threads = 1
         with torch.random.fork_rng(devices=[]):
             self.kernels = compile_model(trainer.model, target, example_input=example,
                                          fallback=self.config.fallback, records=records)
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        """Quiet PyTorch's threads again for a later `fit()` (restored at the end of each)."""
+        if self._restore is None:
+            self._restore = quiet_torch_threads()
+
+    def on_fit_end(self, trainer: Trainer, summary: dict[str, Any]) -> None:
+        """Give the program its PyTorch thread count back."""
+        if self._restore is not None:
+            torch.set_num_threads(self._restore)
+            self._restore = None
 
     def summary(self, trainer: Trainer) -> dict[str, Any]:
         """The `kernels` field of the summary."""

@@ -25,7 +25,7 @@ from mest_compile.compiler.bench.layers import check_layer
 from mest_compile.compiler.bench.phases import phase_calls
 from mest_compile.compiler.families import family_for
 from mest_compile.compiler.formats.geometry import ConvGeometry
-from mest_compile.compiler.runtime.cache import kernels_for
+from mest_compile.compiler.runtime.cache import kernels_for, quiet_torch_threads
 from mest_compile.compiler.target import as_target
 from mest_compile.compiler.tune.records import use_records
 from mest_compile.registry import Registry
@@ -63,6 +63,7 @@ def compiled_side(spec: Mapping[str, Any]) -> tuple[Callable[[], dict[str, Any]]
     import time
 
     use_records(spec["work_dir"])
+    quiet_torch_threads()  # as compiled training does: PyTorch's workers must not spin beside the kernels
     target, family = as_target(spec["target"]), family_for(spec["scheme"])
     layers: dict[str, dict[str, Thunk]] = {}
     described: dict[str, dict[str, Any]] = {}
