@@ -17,5 +17,10 @@ def first_line(err: BaseException) -> str:
 
 def last_line(err: BaseException) -> str:
     """The last non-blank line of `err`'s message (TVM puts the cause there, after its stack)."""
-    lines = [line for line in str(err).splitlines() if line.strip()]
-    return lines[-1].strip() if lines else type(err).__name__
+    return last_output_line(str(err), type(err).__name__)
+
+
+def last_output_line(text: str, empty: str = "(no output)") -> str:
+    """The last non-blank line of a process's output (where a Python traceback names the cause)."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1].strip() if lines else empty

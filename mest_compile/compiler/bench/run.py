@@ -22,7 +22,7 @@ from typing import IO, Any
 
 from mest_compile.compiler.bench.layers import distinct_layers
 from mest_compile.compiler.bench.worker import STEP_ENGINES
-from mest_compile.errors import MestError
+from mest_compile.errors import MestError, last_output_line
 from mest_compile.sparsity.schemes import check_sparsity, get_scheme
 
 # MEST's workload: the wide ResNet-32 on CIFAR-sized input.
@@ -44,8 +44,7 @@ class _Side:
         if not line:
             self.proc.wait()
             self.log.seek(0)
-            tail = [t for t in self.log.read().splitlines() if t.strip()][-1:] or ["(no output)"]
-            raise MestError(f"the {self.name} side of the benchmark stopped: {tail[0]}")
+            raise MestError(f"the {self.name} side of the benchmark stopped: {last_output_line(self.log.read())}")
         return json.loads(line)
 
     def round(self) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from mest_compile.compiler.devices import board_server
 from mest_compile.compiler.devices.board_image import BoardImage, provision_board
 from mest_compile.compiler.devices.toolchain import QEMU_AARCH64, require
 from mest_compile.compiler.devices.tracker import LOOPBACK, LocalTracker
-from mest_compile.errors import MestError
+from mest_compile.errors import MestError, last_output_line
 
 DEFAULT_KEY = "qemu-aarch64"
 
@@ -214,8 +214,7 @@ class EmulatedBoard:
             tracker.close()
 
     def _last_log_line(self) -> str:
-        tail = self.log_tail(5).strip().splitlines()
-        return tail[-1] if tail else "(no output)"
+        return last_output_line(self.log_tail(5))
 
 
 def _free_port() -> int:

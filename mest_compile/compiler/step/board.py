@@ -28,7 +28,7 @@ from mest_compile.compiler.devices.insn_count import count_per_call
 from mest_compile.compiler.step.build import Argument, CompiledStep, Sgd, compile_step
 from mest_compile.compiler.step.state import momentum_of, pack_tensor
 from mest_compile.compiler.target import Target
-from mest_compile.errors import MestError
+from mest_compile.errors import MestError, last_output_line
 from mest_compile.sparsity.module import SparseConv2d, sparse_layers
 
 LIBRARY, STATE, MANIFEST = "step.so", "state.npz", "step.json"
@@ -129,8 +129,7 @@ def run_on_board(exported: ExportedStep, steps: int = 1, image: BoardImage | Non
     done = subprocess.run(image.command(str(script)), cwd=exported.path, env=env, capture_output=True, text=True,
                           timeout=timeout_s, check=False)
     if done.returncode != 0:
-        tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise MestError(f"the step failed on the board: {tail}")
+        raise MestError(f"the step failed on the board: {last_output_line(done.stderr)}")
     out = np.load(exported.path / "out.npz")
     return [out[f"arr_{i}"] for i in range(len(out.files))]
 

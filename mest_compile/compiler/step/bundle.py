@@ -28,7 +28,7 @@ from mest_compile.compiler.step.build import Sgd
 from mest_compile.compiler.step.driver import loop as driver_loop
 from mest_compile.compiler.step.driver.schemes import SCHEMES as DRIVER_SCHEMES
 from mest_compile.compiler.target import Target
-from mest_compile.errors import MestError
+from mest_compile.errors import MestError, last_output_line
 from mest_compile.io import atomic_directory
 from mest_compile.sparsity.compat import Compat
 from mest_compile.train.optim import SCHEDULERS
@@ -182,8 +182,7 @@ def train_on_board(bundle: str | Path, *args: str, image: BoardImage | None = No
     done = subprocess.run(image.command("-m", "mest_driver", *args), cwd=root, env=env, capture_output=True,
                           text=True, timeout=timeout_s, check=False)
     if done.returncode != 0:
-        tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise MestError(f"the bundle failed on the board: {tail}")
+        raise MestError(f"the bundle failed on the board: {last_output_line(done.stderr)}")
     return done.stdout
 
 
