@@ -40,6 +40,21 @@ class Sgd:
     momentum: float
     weight_decay: float
 
+    @classmethod
+    def of(cls, optimizer_name: str, optimizer: torch.optim.Optimizer, who: str, hint: str = "") -> Sgd:
+        """The settings of a run's optimizer, or a one-line refusal saying that `who` cannot run it
+        (`hint`: where the other optimizers run).
+
+        Raises:
+            MestError: the optimizer is not SGD, or uses dampening or Nesterov momentum.
+        """
+        if optimizer_name != "sgd":
+            raise MestError(f"{who} trains with SGD, not --optimizer {optimizer_name}{hint}")
+        group = optimizer.param_groups[0]
+        if group.get("nesterov") or group.get("dampening"):
+            raise MestError(f"{who} runs SGD without dampening or Nesterov momentum")
+        return cls(momentum=float(group["momentum"]), weight_decay=float(group["weight_decay"]))
+
 
 @dataclass(frozen=True)
 class Argument:

@@ -81,7 +81,7 @@ def export_bundle(trainer: Trainer, target: Target, out: str | Path) -> Path:
         if len(data.train_y) < batch_shape[0]:
             raise MestError(f"the training split has {len(data.train_y)} examples, fewer than one batch of "
                             f"{batch_shape[0]}")
-        exported = export_step(trainer.model, batch_shape, data.num_classes, target, _sgd(trainer), work,
+        exported = export_step(trainer.model, batch_shape, data.num_classes, target, Sgd(**plan["sgd"]), work,
                                trainer.optimizer, allow_host=True)
         assert exported.compiled is not None
         lowered = exported.compiled.lowered
@@ -100,13 +100,6 @@ def export_bundle(trainer: Trainer, target: Target, out: str | Path) -> Path:
             target=target.name, epochs=len(plan["lr"]), batch=batch_shape[0], examples=len(data.train_y),
             momentum=plan["sgd"]["momentum"], weight_decay=plan["sgd"]["weight_decay"]))
     return Path(out)
-
-
-def _sgd(trainer: Trainer) -> Sgd:
-    group = trainer.optimizer.param_groups[0]
-    if trainer.config.optim.optimizer != "sgd" or group.get("nesterov") or group.get("dampening"):
-        raise MestError("a training bundle runs SGD without dampening or Nesterov momentum: use --optimizer sgd")
-    return Sgd(momentum=float(group["momentum"]), weight_decay=float(group["weight_decay"]))
 
 
 def _plan(trainer: Trainer) -> dict[str, Any]:
@@ -133,7 +126,8 @@ def _plan(trainer: Trainer) -> dict[str, Any]:
     return {"lr": _learning_rates(trainer), "mutation": mutation, "seed": cfg.run.seed,
             "regrow_momentum": em.config.regrow_momentum if em is not None else "reset",
             "augment": bool(trainer.data.augment), "pad_fill": trainer.data.pad_fill.reshape(-1).tolist(),
-            "data": DATA, "sgd": vars(_sgd(trainer)), "model": cfg.data.model, "scheme": cfg.sparse.scheme}
+            "data": DATA,
+            "sgd": vars(Sgd.of(cfg.optim.optimizer, trainer.optimizer, "a training bundle")), "model": cfg.data.model, "scheme": cfg.sparse.scheme}
 
 
 def _learning_rates(trainer: Trainer) -> list[float]:

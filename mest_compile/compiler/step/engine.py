@@ -76,12 +76,7 @@ class TvmEngine(StepEngine):
         if cfg.compile.compiled:
             raise MestError("--engine tvm compiles the whole step; --compiled (compiled convs behind torch ops) belongs "
                             "to --engine torch: drop one of them")
-        if cfg.optim.optimizer != "sgd":
-            raise MestError(f"--engine tvm trains with SGD; --optimizer {cfg.optim.optimizer} runs on --engine torch")
-        group = trainer.optimizer.param_groups[0]
-        if group.get("nesterov") or group.get("dampening"):
-            raise MestError("--engine tvm runs SGD without dampening or Nesterov momentum")
-        self.sgd = Sgd(momentum=float(group["momentum"]), weight_decay=float(group["weight_decay"]))
+        self.sgd = Sgd.of(cfg.optim.optimizer, trainer.optimizer, "--engine tvm", "; it runs on --engine torch")
         self.target = as_target(cfg.compile.target)
         self.device = step_device(self.target, cfg.compile.rpc, cfg.compile.rpc_key)
         self.records = TuningRecords(cfg.compile.work_dir) if cfg.compile.work_dir is not None else None
