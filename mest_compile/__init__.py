@@ -11,11 +11,6 @@ Example:
 """
 
 import os
-import sys
-
-#: Whether PyTorch was loaded before mest_compile: then libgomp read its settings already, and
-#: the OMP_WAIT_POLICY set below does not reach it (see `openmp_passive`).
-TORCH_LOADED_FIRST = "torch" in sys.modules
 
 #: Environment variables importing mest_compile (or its compiler side) set because they were
 #: unset: what a benchmark removes again to run the dense side as the user would.
@@ -34,14 +29,9 @@ def default_environment(name: str, value: str) -> None:
 
 
 def openmp_passive() -> bool:
-    """Whether PyTorch's OpenMP workers sleep when idle (`OMP_WAIT_POLICY=PASSIVE` seen as torch loaded).
-
-    False when the variable is unset or not PASSIVE, and when it was set by mest_compile after torch
-    had loaded (too late for libgomp, which reads it once).
-    """
-    if os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
-        return False
-    return not (TORCH_LOADED_FIRST and "OMP_WAIT_POLICY" in SET_ON_IMPORT)
+    """Whether PyTorch's OpenMP workers sleep when idle (`OMP_WAIT_POLICY=PASSIVE`, which libgomp reads
+    once, when torch loads; mest_compile never sets it)."""
+    return os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE"
 
 from mest_compile.errors import MestError  # noqa: E402
 from mest_compile.sparsity.bounds import BoundSchedule  # noqa: E402

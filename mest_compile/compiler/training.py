@@ -48,8 +48,6 @@ class CompiledKernels(TrainingAlgorithm):
         # Handed to the layers' backends, which build with them whenever a new input size appears.
         records = TuningRecords(self.config.work_dir) if self.config.work_dir is not None else None
         example = trainer.data.train_x[: trainer.config.optim.batch_size]
-        # Whatever the compiler may draw from torch's global generator, the run must not see it:
-        # the seeded stream belongs to the training (same seed, same run, compiled or not).
         target: Any = self.config.target
         if self.config.prebuilt is not None:
             target = load_prebuilt(self.config.prebuilt).target
@@ -61,6 +59,8 @@ class CompiledKernels(TrainingAlgorithm):
         # its ops go to one thread (as fast as OMP_WAIT_POLICY=PASSIVE, whatever the import order).
         self._restore = quiet_torch_threads()
         self.torch_threads = torch.get_num_threads()
+        # Whatever the compiler may draw from torch's global generator, the run must not see it:
+        # the seeded stream belongs to the training (same seed, same run, compiled or not).
         with torch.random.fork_rng(devices=[]):
             self.kernels = compile_model(trainer.model, target, example_input=example,
                                          fallback=self.config.fallback, records=records)

@@ -138,9 +138,8 @@ def check_thread_environment() -> str | None:
     if openmp_passive() or torch.get_num_threads() == 1:
         return None
     return (
-        "PyTorch's OpenMP threads spin after each op (OMP_WAIT_POLICY is not PASSIVE, or was set after torch "
-        "loaded) and can slow compiled kernels several-fold: set OMP_WAIT_POLICY=PASSIVE before importing "
-        "torch, or torch.set_num_threads(1)"
+        "PyTorch's OpenMP threads spin after each op (OMP_WAIT_POLICY is not PASSIVE) and can slow compiled "
+        "kernels several-fold: set OMP_WAIT_POLICY=PASSIVE before importing torch, or torch.set_num_threads(1)"
     )
 
 
@@ -151,8 +150,8 @@ def quiet_torch_threads() -> int | None:
     block ResNet-32 step with `--compiled`: 540-546 ms with the workers spinning, 390-417 ms with
     `OMP_WAIT_POLICY=PASSIVE`, 387-391 ms on one PyTorch thread (AMD EPYC Zen 4, 2 cores).
     """
-    threads = torch.get_num_threads()
-    if openmp_passive() or threads == 1:
+    if check_thread_environment() is None:
         return None
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     return threads
