@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -36,6 +36,18 @@ def dense_phase(which: str, x: torch.Tensor, weight: torch.Tensor, dy: torch.Ten
     return DENSE_PHASES[which](x, weight, dy, stride, padding)
 
 
+def autograd_call(conv: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor,
+                  weight: torch.Tensor, dy: torch.Tensor) -> Thunk:
+    """One forward and backward round trip of `conv(x, weight)`, as a training step runs the layer."""
+    xg, wg = x.clone().requires_grad_(), weight.clone().requires_grad_()
+
+    def autograd() -> None:
+        xg.grad = wg.grad = None
+        conv(xg, wg).backward(dy)
+
+    return autograd
+
+
 def dense_layer_calls(x: torch.Tensor, masked_weight: torch.Tensor, dy: torch.Tensor, stride: int,
                       padding: int) -> dict[str, Thunk]:
     """{"fwd", "dgrad", "wgrad", "autograd"} -> a thunk running the dense layer's phase once.
@@ -43,15 +55,10 @@ def dense_layer_calls(x: torch.Tensor, masked_weight: torch.Tensor, dy: torch.Te
     The phases are one torch call each on the pre-masked weight; "autograd" is one forward and
     backward round trip, as a dense training step runs the layer.
     """
-    xg, wg = x.clone().requires_grad_(), masked_weight.clone().requires_grad_()
-
-    def autograd() -> None:
-        xg.grad = wg.grad = None
-        F.conv2d(xg, wg, stride=stride, padding=padding).backward(dy)
-
     calls: dict[str, Thunk] = {short: (lambda which=which: dense_phase(which, x, masked_weight, dy, stride, padding))
                                for short, which in (("fwd", "forward"), ("dgrad", "dgrad"), ("wgrad", "wgrad"))}
-    return calls | {"autograd": autograd}
+    conv = lambda xi, wi: F.conv2d(xi, wi, stride=stride, padding=padding)  # noqa: E731
+    return calls | {"autograd": autograd_call(conv, x, masked_weight, dy)}
 
 
 def sparse_model(model_name: str, scheme: str, sparsity: float, seed: int, in_channels: int = 3,
@@ -85,10 +92,17 @@ def layer_inputs_of(case: dict[str, Any], scheme: str, sparsity: float, batch: i
     from mest_compile.sparsity.schemes import mask_for
 
     generator = torch.Generator().manual_seed(seed)
-    g = case
+    g = case  # the geometry's fields
     x = torch.randn(batch, g["in_channels"], g["in_h"], g["in_w"], generator=generator)
     w = torch.randn(g["out_channels"], g["in_channels"], g["kernel_h"], g["kernel_w"], generator=generator)
     out_h = (g["in_h"] + 2 * g["padding"] - g["kernel_h"]) // g["stride"] + 1
     out_w = (g["in_w"] + 2 * g["padding"] - g["kernel_w"]) // g["stride"] + 1
     dy = torch.randn(batch, g["out_channels"], out_h, out_w, generator=generator)
     return x, w, mask_for(w, scheme, sparsity), dy
+
+
+def step_batch(spec: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The benchmark step's batch `(x, y)`, drawn from the spec's seed alone (the same in every process)."""
+    generator = torch.Generator().manual_seed(spec["seed"])
+    x = torch.randn(spec["batch"], *spec["image"], generator=generator)
+    return x, torch.randint(0, 10, (spec["batch"],), generator=generator)

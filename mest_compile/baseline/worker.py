@@ -19,31 +19,25 @@ from typing import Any
 
 import torch
 
-from mest_compile.baseline.dense import dense_layer_calls, dense_step, layer_inputs_of, sparse_model
+from mest_compile.baseline.dense import Thunk, dense_layer_calls, dense_step, layer_inputs_of, sparse_model, step_batch
 
-Thunk = Callable[[], object]
+
+def _times(call: Thunk, reps: int) -> list[float]:
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
 
 
 def time_round(layers: Mapping[str, Mapping[str, Thunk]], step: Thunk | None, reps: int,
                step_reps: int) -> dict[str, Any]:
     """Each layer's thunks `reps` times and the step `step_reps` times; times in ms, and the peak RSS."""
-    out: dict[str, Any] = {"layers": {}}
-    for name, calls in layers.items():
-        out["layers"][name] = {}
-        for key, call in calls.items():
-            times = []
-            for _ in range(reps):
-                start = time.perf_counter()
-                call()
-                times.append((time.perf_counter() - start) * 1e3)
-            out["layers"][name][key] = times
+    out: dict[str, Any] = {"layers": {name: {key: _times(call, reps) for key, call in calls.items()}
+                                      for name, calls in layers.items()}}
     if step is not None:
-        times = []
-        for _ in range(step_reps):
-            start = time.perf_counter()
-            step()
-            times.append((time.perf_counter() - start) * 1e3)
-        out["step"] = times
+        out["step"] = _times(step, step_reps)
     out["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return out
 
@@ -66,10 +60,7 @@ def dense_side(spec: Mapping[str, Any]) -> tuple[Callable[[], dict[str, Any]], d
     step = None
     if spec["step"]:
         model = sparse_model(spec["model"], spec["scheme"], spec["sparsity"], spec["seed"])
-        generator = torch.Generator().manual_seed(spec["seed"])
-        x = torch.randn(spec["batch"], *spec["image"], generator=generator)
-        y = torch.randint(0, 10, (spec["batch"],), generator=generator)
-        step = dense_step(model, x, y)
+        step = dense_step(model, *step_batch(spec))
     facts = {"side": "dense", "torch_threads": torch.get_num_threads(), "tvm_loaded": "tvm" in sys.modules}
     return (lambda: time_round(layers, step, spec["reps"], spec["step_reps"])), facts
 

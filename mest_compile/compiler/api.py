@@ -132,20 +132,18 @@ def compile_model(
             except MestError as err:
                 reason = str(err)
         entry: dict[str, Any] = {"scheme": module.scheme.name}
-        if family is not None and name in inputs:
-            reason = family.supports(geometry_of(module, tuple(inputs[name].shape)))
+        geometry = geometry_of(module, tuple(inputs[name].shape)) if family is not None and name in inputs else None
+        if geometry is not None:
+            reason = family.supports(geometry)
         if reason is None and family is not None:
             backend = CompiledConvBackend(family, tgt, policy)
             module.backend = backend
-            if name in inputs:
+            if geometry is not None:
                 # Layers of one geometry and density get one verdict: the first's measurement.
-                geometry = geometry_of(module, tuple(inputs[name].shape))
                 key = (family.name, geometry, round(float(module.mask.float().mean()), 2))
-                if key in verdicts:
-                    entry.update(verdicts[key])
-                else:
+                if key not in verdicts:
                     verdicts[key] = _measure(module, backend, inputs[name]) | {"measured_with": name}
-                    entry.update(verdicts[key])
+                entry.update(verdicts[key])
                 if "failure" in entry:
                     reason = entry.pop("failure")
                 elif fallback == "measure" and entry["speedup"] < 1.0:

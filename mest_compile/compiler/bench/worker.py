@@ -13,13 +13,14 @@ import dataclasses
 import json
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
-from mest_compile.baseline.dense import dense_step, layer_inputs_of, sparse_model
-from mest_compile.baseline.worker import Thunk, serve, time_round
+from mest_compile.baseline.dense import Thunk, autograd_call, dense_step, layer_inputs_of, sparse_model, step_batch
+from mest_compile.baseline.worker import serve, time_round
 from mest_compile.compiler.api import compile_model
 from mest_compile.compiler.bench.layers import check_layer
 from mest_compile.compiler.bench.phases import phase_calls
@@ -60,8 +61,6 @@ def _torch_step(spec: Mapping[str, Any], x: torch.Tensor, y: torch.Tensor) -> Th
 
 def compiled_side(spec: Mapping[str, Any]) -> tuple[Callable[[], dict[str, Any]], dict[str, Any]]:
     """The compiled side of `spec`: its round and its set-up facts (build seconds)."""
-    import time
-
     use_records(spec["work_dir"])
     quiet_torch_threads()  # as compiled training does: PyTorch's workers must not spin beside the kernels
     target, family = as_target(spec["target"]), family_for(spec["scheme"])
@@ -74,14 +73,8 @@ def compiled_side(spec: Mapping[str, Any]) -> tuple[Callable[[], dict[str, Any]]
         kernels = kernels_for(family, geometry, target)
         fmt = kernels.pack(mask)
         check_layer(kernels, fmt, x, w, mask, dy)
-        xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
-
-        def autograd(kernels: Any = kernels, fmt: Any = fmt, xg: torch.Tensor = xg, wg: torch.Tensor = wg,
-                     dy: torch.Tensor = dy) -> None:
-            xg.grad = wg.grad = None
-            kernels.conv(xg, wg, fmt).backward(dy)
-
-        layers[case["name"]] = phase_calls(x, w, dy, fmt, kernels) | {"autograd": autograd}
+        conv = lambda xi, wi, kernels=kernels, fmt=fmt: kernels.conv(xi, wi, fmt)  # noqa: E731
+        layers[case["name"]] = phase_calls(x, w, dy, fmt, kernels) | {"autograd": autograd_call(conv, x, w, dy)}
         kept, out_pixels = int(mask.sum()), spec["batch"] * geometry.out_h * geometry.out_w
         # Training state of the layer (weight, gradient, SGD momentum): dense vs packed values + indices.
         described[case["name"]] = {
@@ -90,12 +83,7 @@ def compiled_side(spec: Mapping[str, Any]) -> tuple[Callable[[], dict[str, Any]]
             "memory_dense_bytes": 3 * w.numel() * 4, "memory_packed_bytes": fmt.nbytes() + 2 * kept * 4,
             "flop_dense_fwd": 2 * out_pixels * w.numel(), "flop_sparse_fwd": 2 * out_pixels * kept}
     layers_s = time.perf_counter() - start
-    step = None
-    if spec["step"]:
-        generator = torch.Generator().manual_seed(spec["seed"])
-        x = torch.randn(spec["batch"], *spec["image"], generator=generator)
-        y = torch.randint(0, 10, (spec["batch"],), generator=generator)
-        step = STEP_ENGINES.get(spec["step_engine"])(spec, x, y)
+    step = STEP_ENGINES.get(spec["step_engine"])(spec, *step_batch(spec)) if spec["step"] else None
     facts = {"side": "compiled", "torch_threads": torch.get_num_threads(), "layers_build_s": round(layers_s, 1),
              "step_build_s": round(time.perf_counter() - start - layers_s, 1), "layers": described}
     return (lambda: time_round(layers, step, spec["reps"], spec["step_reps"])), facts
