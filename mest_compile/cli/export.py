@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import pathlib
-import tempfile
 from typing import Any
 
 import click
 
 from mest_compile.cli.group import cli
-from mest_compile.cli.train import with_config_options
+from mest_compile.cli.train import run_without_directory, with_config_options
 from mest_compile.errors import MestError
 from mest_compile.train.config import TrainConfig
 
@@ -28,12 +26,10 @@ def export(train_bundle: bool, config_file: str | None, out: str, **flags: Any) 
                         "by `mest_compile.compiler.graph.export`)")
     from mest_compile.compiler.step.bundle import export_bundle
     from mest_compile.compiler.target import as_target
-    from mest_compile.train.loop import Trainer
 
     config = TrainConfig.load(config_file, flags)
     target = as_target(config.compile.target)
-    with tempfile.TemporaryDirectory() as scratch:  # the trainer's run directory; nothing is written there
-        trainer = Trainer(config, pathlib.Path(scratch) / "run")
+    with run_without_directory(config) as trainer:
         path = export_bundle(trainer, target, out)
     click.echo(f"training bundle for {target.name}: {path}\n"
                f"on the board: cd {path} && python -m mest_driver   (see {path}/README.md)")

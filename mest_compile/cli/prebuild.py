@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import pathlib
-import tempfile
 from typing import Any
 
 import click
 
 from mest_compile.cli.group import cli
-from mest_compile.cli.train import with_config_options
+from mest_compile.cli.train import run_without_directory, with_config_options
 from mest_compile.io import atomic_directory
 from mest_compile.train.config import TrainConfig
 
@@ -24,14 +23,12 @@ def prebuild(config_file: str | None, out: str, **flags: Any) -> None:
     from mest_compile.compiler.prebuilt import prebuild as build_into
     from mest_compile.compiler.target import as_target
     from mest_compile.compiler.tune.records import TuningRecords
-    from mest_compile.train.loop import Trainer
 
     config = TrainConfig.load(config_file, flags)
     target = as_target(config.compile.target)
     records = TuningRecords(config.compile.work_dir) if config.compile.work_dir is not None else None
     folder = pathlib.Path(out)
-    with atomic_directory(folder) as work, tempfile.TemporaryDirectory() as scratch:
-        trainer = Trainer(config, pathlib.Path(scratch) / "run")  # its run directory: nothing is written there
+    with atomic_directory(folder) as work, run_without_directory(config) as trainer:
         manifest = build_into(trainer.model, trainer.data.train_x[: config.optim.batch_size], target, work,
                               records=records)
     click.echo(f"{manifest.name} and the kernels of {target.name} in {folder}\n"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import pathlib
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -76,3 +78,13 @@ def dense_baseline(config: TrainConfig) -> TrainConfig:
     return dataclasses.replace(config, profile="dense", ratio_space="overall", lower_bound=None, upper_bound=None,
                                mask_update_decay_epoch=None, data_efficient=False, remove_data_epoch=None,
                                remove_n=0, sorting_file=None)
+
+
+@contextlib.contextmanager
+def run_without_directory(config: TrainConfig) -> Iterator[Any]:
+    """The `Trainer` of `config` for commands that only read a run (its model, data, schedule): its run
+    directory is a temporary one, and nothing is written there."""
+    from mest_compile.train.loop import Trainer
+
+    with tempfile.TemporaryDirectory() as scratch:
+        yield Trainer(config, pathlib.Path(scratch) / "run")
