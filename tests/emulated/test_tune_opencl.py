@@ -34,9 +34,9 @@ def test_tune_for_mali_on_pocl_and_replay(opencl_context: Context, tmp_path: Pat
             "--sparsity", "0.6", "--trials", "6", "--work-dir", str(tmp_path)]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
-    assert "skipping" in result.output and "forward kernel only" in result.output  # dgrad, wgrad: host only
-    (entry,) = json.loads((tmp_path / "manifest.json").read_text())["kernels"].values()
-    assert entry["which"] == "forward" and entry["untuned_s"] and entry["tuned_s"] and entry["trials"] >= 2
+    entries = json.loads((tmp_path / "manifest.json").read_text())["kernels"].values()
+    assert sorted(e["which"] for e in entries) == ["dgrad", "forward", "wgrad"]  # all three phases on GPUs
+    assert all(e["untuned_s"] and e["tuned_s"] for e in entries) and sum(e["trials"] for e in entries) > len(entries)
     assert "candidate rejected" not in result.output
     # The tuned schedule replays onto the symbolic GPU kernel and still matches PyTorch.
     family, geo = family_for(scheme), ConvGeometry(8, 8, 8, 8, 3, 3, stride=1, padding=1)

@@ -121,8 +121,11 @@ class KernelFamily(ABC):
     buffers: ClassVar[Mapping[str, tuple[str, ...]]] = {}
     #: The unscheduled CPU kernel of each phase.
     templates: ClassVar[Mapping[str, Template]] = {}
-    #: The unscheduled GPU kernel of each phase that has one (the forward takes the CPU forward's arguments).
+    #: The unscheduled GPU kernel of each phase that has one (the work in one block `conv`).
     gpu_templates: ClassVar[Mapping[str, GpuTemplate]] = {}
+    #: The index buffers each GPU kernel takes after its two data inputs, by phase: the format's
+    #: attributes or `gpu_derived` names (default for the forward: `buffers["forward"]`).
+    gpu_buffers: ClassVar[Mapping[str, tuple[str, ...]]] = {}
     #: `(format attribute, tiles attribute)` pairs: the layout choices a format shares with its kernels.
     packing: ClassVar[tuple[tuple[str, str], ...]] = ()
     #: Whether the kernels visit every row of `values` (rather than the rows the index buffers point
@@ -210,18 +213,45 @@ class KernelFamily(ABC):
         """The forward kernel's runtime buffers for `weight` packed by `fmt`, in `forward_buffer_names` order."""
         return [fmt.values(weight).contiguous(), *self.phase_buffers("forward", fmt)]
 
-    def gpu_kernel_args(self, which: str, x: torch.Tensor, values: torch.Tensor, dy: torch.Tensor | None,
-                        fmt: PackedFormat) -> list[torch.Tensor]:
-        """Arguments of GPU kernel `which` for packed `values` (the allocated output last).
+    def gpu_phase_buffers(self, which: str) -> tuple[str, ...]:
+        """The index buffers GPU kernel `which` takes after its two data inputs (the forward's
+        default: the CPU forward's)."""
+        if which in self.gpu_buffers:
+            return tuple(self.gpu_buffers[which])
+        if which == "forward":
+            return tuple(self.buffers["forward"])
+        raise MestError(f"scheme {self.scheme_name!r} has no GPU {which} kernel yet")
 
-        A GPU forward takes the CPU forward's buffers; families with GPU gradient kernels say
-        what those take.
+    def gpu_derived(self, fmt: PackedFormat) -> dict[str, torch.Tensor]:
+        """Index buffers the GPU kernels read that the packed format does not hold (derived from it)."""
+        return {}
+
+    def gpu_index_buffers(self, fmt: PackedFormat) -> dict[str, torch.Tensor]:
+        """Every index buffer some GPU kernel of this family takes, by name: what a device keeps
+        for one packing (a mutation that repacks refreshes it; a device backend uploads it once)."""
+        names = {n for which in self.gpu_templates for n in self.gpu_phase_buffers(which)}
+        derived = self.gpu_derived(fmt)
+        return {name: derived[name] if name in derived else getattr(fmt, name) for name in sorted(names)}
+
+    def gpu_kernel_args(self, which: str, x: torch.Tensor, values: torch.Tensor, dy: torch.Tensor | None,
+                        fmt: PackedFormat, index: Mapping[str, torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """Arguments of GPU kernel `which` for packed `values` (the allocated output last, on `x`'s device).
+
+        Every GPU kernel follows `PHASE_INPUTS`; `index` is `gpu_index_buffers(fmt)` where the
+        caller keeps them (on the device), else they are gathered here.
         """
-        if which != "forward":
-            raise MestError(f"scheme {self.scheme_name!r} has no GPU {which} kernel yet")
+        buffers = self.gpu_phase_buffers(which)
+        index = index if index is not None else self.gpu_index_buffers(fmt)
+        if which != "forward" and dy is None:
+            raise MestError(f"GPU {which} kernel needs the output gradient")
         geo = fmt.geometry
-        y = x.new_empty(x.shape[0], geo.out_channels, geo.out_h, geo.out_w)
-        return [x, values, *self.phase_buffers("forward", fmt), y]
+        data = {"x": x, "dy": dy, "values": values}
+        first, second = PHASE_INPUTS[which]
+        if which == "forward":
+            out = x.new_empty(x.shape[0], geo.out_channels, geo.out_h, geo.out_w)
+        else:
+            out = torch.empty_like(x if which == "dgrad" else values)
+        return [data[first], data[second], *(index[name] for name in buffers), out]
 
 
 FAMILIES: Registry[KernelFamily] = Registry("compiled scheme")

@@ -52,6 +52,7 @@ class BlockFamily(KernelFamily):
     }
     gpu_templates: ClassVar[dict[str, Any]] = {"forward": block_forward_gpu, "dgrad": block_dgrad_gpu,
                                                "wgrad": block_wgrad_gpu}
+    gpu_buffers: ClassVar[dict[str, tuple[str, ...]]] = {"dgrad": ("t_ptr", "t_blk", "code"), "wgrad": ("code",)}
     packing = (("chunk_groups", "dgrad_chunk"), ("scatter_channels", "scatter_layout"))
 
     def supports(self, geometry: ConvGeometry) -> str | None:
@@ -76,15 +77,8 @@ class BlockFamily(KernelFamily):
     def random_mask(self, weight_shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
         return random_block_mask(weight_shape[0], tuple(weight_shape[1:]), 0.4, generator)
 
-    def gpu_kernel_args(self, which: str, x: torch.Tensor, values: torch.Tensor, dy: torch.Tensor | None,
-                        fmt: Any) -> list[torch.Tensor]:
-        if which == "forward" or dy is None:
-            return super().gpu_kernel_args("forward", x, values, dy, fmt)
-        # The GPU gradients read a transposed block list and per-block offset codes, not the CPU buffers.
-        extra = gpu_gradient_buffers(fmt)
-        if which == "dgrad":
-            return [dy, values, extra["t_ptr"], extra["t_blk"], extra["code"], torch.empty_like(x)]
-        return [x, dy, extra["code"], torch.empty_like(values)]
+    def gpu_derived(self, fmt: BlockFormat) -> dict[str, torch.Tensor]:
+        return gpu_gradient_buffers(fmt)
 
     def forward_format(self, geometry: ConvGeometry, mask: torch.Tensor) -> BlockFormat:
         return BlockFormat.pack(mask, geometry)

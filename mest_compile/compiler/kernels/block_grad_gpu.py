@@ -1,4 +1,4 @@
-"""Block-scheme input and weight gradients for GPUs: one work item per output element, scalar loops.
+"""Block-scheme input and weight gradients for GPUs.
 
 Both read each kept block's position from one code per block, `code[j] = g * C*KH*KW + column`
 (filter group `g`, column `c*KH*KW + kh*KW + kw`), which `formats/block_gpu.py` derives from the
@@ -7,12 +7,14 @@ packed format, so the forward's values and group pointers are shared.
 - Input gradient `f(dy, values, t_ptr, t_blk, code, dx)`: a work item per input pixel `(n, c, ih,
   iw)` walks the kept blocks of channel `c` (`t_blk[t_ptr[c]:t_ptr[c+1]]`) and adds, for the
   output pixel each tap maps to (if any at this stride), the 4 filters' `values x dy`.
-- Weight gradient `f(x, dy, code, dv)`: a work item per kept value `(j, r)` reduces
-  `dy[n, 4g+r] * x[n, c]` shifted by the tap over the batch and the output: the gradient is
-  computed for kept weights only.
+- Weight gradient `f(x, dy, code, dv)`: a reduction block over kept values `(j, r)` that sums
+  `dy[n, 4g+r] * x[n, c]` shifted by the tap over the batch and the output, which the GPU
+  schedule splits over a work group's threads: the gradient is computed for kept weights only.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from tvm import tirx
 from tvm.script import tirx as T
@@ -61,10 +63,21 @@ def block_dgrad_gpu(geo: ConvGeometry) -> tirx.PrimFunc:
 
 
 def block_wgrad_gpu(geo: ConvGeometry) -> tirx.PrimFunc:
-    """TIR of the GPU weight-gradient kernel (unscheduled; one complete block `conv`)."""
+    """TIR of the GPU weight-gradient kernel (unscheduled): block `conv` reduces images and pixels
+    (its last three axes) for each kept value `(j, r)`.
+
+    The body is one store with no bound variables (the form TVM's cross-thread reduction needs),
+    so the block's filter group, channel and tap are expressions of `code[j]` written inline.
+    """
     C, H, W, O = geo.in_channels, geo.in_h, geo.in_w, geo.out_channels
     KH, KW, OH, OW, s, p = geo.kernel_h, geo.kernel_w, geo.out_h, geo.out_w, geo.stride, geo.padding
     KK, COLS = KH * KW, C * KH * KW
+
+    def row(code: Any, oh: Any) -> Any:
+        return oh * s - p + tirx.truncdiv(tirx.truncmod(code, KK), KW)
+
+    def col(code: Any, ow: Any) -> Any:
+        return ow * s - p + tirx.truncmod(code, KW)
 
     @T.prim_func(s_tir=True)
     def block_wgrad_gpu(x: T.handle, dy: T.handle, code: T.handle, dv: T.handle):
@@ -76,23 +89,18 @@ def block_wgrad_gpu(geo: ConvGeometry) -> tirx.PrimFunc:
         DY = T.match_buffer(dy, (N, O, OH, OW), "float32")
         CODE = T.match_buffer(code, (cap,), "int32")
         DV = T.match_buffer(dv, (nnz, 4), "float32")
-        for j, r in T.grid(nnz, 4):
+        for j, r, n, oh, ow in T.grid(nnz, 4, N, OH, OW):
             with T.sblock("conv"):
-                vj, vr = T.axis.remap("SS", [j, r])
-                T.reads(CODE[vj], X[0:N, 0:C, 0:H, 0:W], DY[0:N, 0:O, 0:OH, 0:OW])
+                vj, vr, vn, vh, vw = T.axis.remap("SSRRR", [j, r, n, oh, ow])
+                T.reads(CODE[vj], X[vn, 0:C, 0:H, 0:W], DY[vn, 0:O, vh, vw])
                 T.writes(DV[vj, vr])
-                acc = T.sblock_alloc_buffer((1,), "float32", scope="local")
-                acc[0] = T.float32(0)
-                col = T.truncmod(CODE[vj], COLS)
-                g = T.truncdiv(CODE[vj], COLS)
-                c = T.truncdiv(col, KK)
-                kh = T.truncdiv(T.truncmod(col, KK), KW)
-                kw = T.truncmod(col, KW)
-                for n, oh, ow in T.grid(N, OH, OW):
-                    ih = oh * s - p + kh
-                    iw = ow * s - p + kw
-                    if ih >= 0 and ih < H and iw >= 0 and iw < W:
-                        acc[0] = acc[0] + DY[n, g * 4 + vr, oh, ow] * X[n, c, ih, iw]
-                DV[vj, vr] = acc[0]
+                with T.init():
+                    DV[vj, vr] = T.float32(0)
+                DV[vj, vr] = DV[vj, vr] + DY[vn, T.truncdiv(CODE[vj], COLS) * 4 + vr, vh, vw] * T.if_then_else(
+                    row(CODE[vj], vh) >= 0 and row(CODE[vj], vh) < H and col(CODE[vj], vw) >= 0
+                    and col(CODE[vj], vw) < W,
+                    X[vn, T.truncdiv(T.truncmod(CODE[vj], COLS), KK), row(CODE[vj], vh), col(CODE[vj], vw)],
+                    T.float32(0),
+                )
 
     return block_wgrad_gpu

@@ -19,10 +19,11 @@ from mest_compile.errors import MestError
 from mest_compile.registry import Registry
 
 if TYPE_CHECKING:
+    import torch
     import tvm
     from tvm import s_tir, tirx
 
-    from mest_compile.compiler.families import KernelFamily
+    from mest_compile.compiler.families import KernelFamily, PackedFormat
     from mest_compile.compiler.formats.geometry import ConvGeometry
     from mest_compile.compiler.target import Target
 
@@ -67,6 +68,11 @@ class TargetFamily(ABC):
         reason = self.unsupported(family, which)
         if reason is not None:
             raise MestError(reason)
+
+    def kernel_args(self, family: KernelFamily, which: str, x: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor,
+                    fmt: PackedFormat) -> list[torch.Tensor]:
+        """The arguments kernel `which` takes here for this data, the (allocated) output last."""
+        return family.kernel_args(which, x, weight, dy, fmt)
 
     def untunable(self, which: str) -> str | None:
         """Why the tuner does not search kernel `which` here, or None."""

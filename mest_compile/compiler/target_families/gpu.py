@@ -9,19 +9,25 @@ from tvm import s_tir, tirx
 
 from mest_compile.compiler.phases import PHASES
 from mest_compile.compiler.target_families import TARGET_FAMILIES, TargetFamily
-from mest_compile.schedules.gpu import DEFAULT_THREADS, bind_block, bind_spatial, gpu_spaces
+from mest_compile.schedules.gpu import DEFAULT_THREADS, bind_block, bind_kernel, gpu_spaces
 
-#: The block every GPU kernel keeps its work in (one complete block: nothing to reduce across threads).
+#: The block every GPU kernel keeps its work in (complete, or a reduction for weight gradients).
 BLOCK = "conv"
 
 if TYPE_CHECKING:
-    from mest_compile.compiler.families import KernelFamily
+    import torch
+
+    from mest_compile.compiler.families import KernelFamily, PackedFormat
     from mest_compile.compiler.formats.geometry import ConvGeometry
     from mest_compile.compiler.target import Target
 
 
 class GpuFamily(TargetFamily):
-    """GPU targets: one template per kernel (no tile knobs), work items bound to the `conv` block."""
+    """GPU targets: one template per kernel (no tile knobs), work items bound to the `conv` block.
+
+    Every phase a family has a GPU template for is compiled and tuned: forward, input gradient
+    and masked weight gradient.
+    """
 
     name = "gpu"
     marks_scheduled = True
@@ -34,15 +40,14 @@ class GpuFamily(TargetFamily):
         return family.gpu_templates[which](geometry)
 
     def schedule(self, func: tirx.PrimFunc, which: str) -> tvm.IRModule:
-        return tvm.IRModule({"main": bind_spatial(func, (BLOCK,))})
+        return tvm.IRModule({"main": bind_kernel(func, BLOCK)})
 
-    def untunable(self, which: str) -> str | None:
-        if which == "forward":
-            return None
-        return "GPU targets compile the forward kernel only (training runs on the host)"
+    def kernel_args(self, family: KernelFamily, which: str, x: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor,
+                    fmt: PackedFormat) -> list[torch.Tensor]:
+        return family.gpu_kernel_args(which, x, fmt.values(weight).contiguous(), dy, fmt)
 
     def spaces(self, func: tirx.PrimFunc, which: str, target: Target) -> list[Any]:
-        return gpu_spaces(BLOCK, int(target.tvm.attrs.get("max_num_threads", DEFAULT_THREADS)))
+        return gpu_spaces(func, BLOCK, int(target.tvm.attrs.get("max_num_threads", DEFAULT_THREADS)))
 
     def default_schedule(self, sch: s_tir.Schedule, which: str) -> None:
         bind_block(sch, BLOCK, DEFAULT_THREADS)

@@ -152,7 +152,7 @@ class Tuner:
         choices = variants(family, kernel, default, self.options.variants) if searched else [default]
         out = []
         for tiles in choices:
-            data = inputs(family, kernel, tiles, seed=self.options.seed)
+            data = inputs(family, kernel, tiles, seed=self.options.seed, kind=self.kind)
             shapes = shapes_of(data.args)
             # The inputs proper: the last argument is the output, whose contents do not matter.
             digest = hashlib.sha1(b"".join(a.contiguous().numpy().tobytes() for a in data.args[:-1])).hexdigest()

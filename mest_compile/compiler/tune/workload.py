@@ -24,7 +24,7 @@ from tvm import tirx
 from mest_compile.compiler.families import KernelFamily
 from mest_compile.compiler.formats.geometry import ConvGeometry
 from mest_compile.compiler.runtime.gate import reference
-from mest_compile.compiler.target_families import TargetFamily
+from mest_compile.compiler.target_families import TargetFamily, family_of
 from mest_compile.sparsity.schemes import mask_for
 
 #: An argument's static shape and dtype, as the manifest stores it.
@@ -124,12 +124,13 @@ def layer_data(kernel: TuneKernel, seed: int = 0) -> tuple[torch.Tensor, torch.T
     return x, weight, mask_for(weight, kernel.scheme, kernel.sparsity), dy
 
 
-def inputs(family: KernelFamily, kernel: TuneKernel, tiles: Any, seed: int = 0) -> Inputs:
-    """The arguments of `kernel` built with `tiles`, and PyTorch's masked-dense result."""
+def inputs(family: KernelFamily, kernel: TuneKernel, tiles: Any, seed: int = 0, kind: TargetFamily | None = None) -> Inputs:
+    """The arguments of `kernel` built with `tiles` (as target family `kind` passes them; default
+    the CPU's), and PyTorch's masked-dense result."""
     x, weight, mask, dy = layer_data(kernel, seed)
     g = kernel.geometry
     fmt = family.pack_with(g, tiles, mask)
-    args = family.kernel_args(kernel.which, x, weight, dy, fmt)
+    args = (kind or family_of("cpu")).kernel_args(family, kernel.which, x, weight, dy, fmt)
     expected = reference(kernel.which, x, weight, mask, dy, g.stride, g.padding)
     if kernel.which == "wgrad":  # the kernel writes the kept values only, packed
         expected = fmt.values(expected).reshape(args[-1].shape)
