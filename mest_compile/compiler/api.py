@@ -20,6 +20,7 @@ from mest_compile.compiler.families import KernelFamily, family_for
 from mest_compile.compiler.formats.geometry import ConvGeometry
 from mest_compile.compiler.runtime.backend import CompiledConvBackend, geometry_of
 from mest_compile.compiler.runtime.cache import kernels_for
+from mest_compile.compiler.runtime.device_backend import device_backend, runs_on_device, shared_device_backend
 from mest_compile.compiler.runtime.gate import KernelGateError
 from mest_compile.compiler.runtime.pack_cache import PACKED
 from mest_compile.compiler.runtime.policy import RecompilePolicy
@@ -44,9 +45,13 @@ def sparse_conv2d(
     scheme: str,
     stride: int | tuple[int, int] = 1,
     padding: int | tuple[int, int] = 0,
-    target: Any = "host",
+    target: Any = None,
 ) -> torch.Tensor:
     """Compiled `F.conv2d(x, weight * mask, stride=stride, padding=padding)`.
+
+    `target` defaults to `"host"` for CPU tensors and `"cuda"` for CUDA tensors. A CUDA target runs
+    TVM's CUDA kernels on the CUDA tensors themselves (no copies); an OpenCL target (`"mali"`,
+    `"adreno"`) runs the GPU kernels on this machine's OpenCL device, from CPU tensors.
 
     Differentiable in `x` and `weight`; the weight gradient is zero outside `mask`. The layer's
     kernels are compiled and gated on first use (about a second) and cached for the process; if
@@ -58,31 +63,39 @@ def sparse_conv2d(
         >>> y = sparse_conv2d(x, w, mask, scheme="block", padding=1)  # doctest: +SKIP
     """
     family = family_for(scheme)
-    if x.dtype != torch.float32 or weight.dtype != torch.float32 or x.device.type != "cpu":
-        raise MestError("compiled sparse conv takes float32 CPU tensors")
+    tgt = as_target(target if target is not None else ("cuda" if x.device.type == "cuda" else "host"))
+    want = "cuda" if tgt.tvm.kind.name == "cuda" else "cpu"
+    if x.dtype != torch.float32 or weight.dtype != torch.float32 or {x.device.type, weight.device.type} != {want}:
+        raise MestError(f"compiled sparse conv for target {tgt.key!r} takes float32 {want.upper()} tensors, got "
+                        f"{x.dtype} on {x.device} and {weight.dtype} on {weight.device}")
     s, p = _single(stride, "stride"), _single(padding, "padding")
     geometry = ConvGeometry.of(tuple(x.shape), tuple(weight.shape), s, p)
     reason = family.supports(geometry)
     if reason is not None:
         raise MestError(f"scheme {scheme!r} cannot compile this layer: {reason}")
     try:
-        kernels = kernels_for(family, geometry, as_target(target))
+        if runs_on_device(tgt):
+            backend = shared_device_backend(family, tgt)
+            fmt = PACKED.get(backend.packer(geometry), mask)
+            return backend.conv(x, fmt.values(weight), fmt)
+        kernels = kernels_for(family, geometry, tgt)
     except KernelGateError as err:
         warnings.warn(f"{err}; using the masked dense conv", stacklevel=2)
         return F.conv2d(x, weight * mask, stride=s, padding=p)
     return kernels.conv(x, weight, PACKED.get(kernels, mask))
 
 
-def unsupported(module: SparseConv2d) -> str | None:
-    """Why `module` (a `SparseConv2d`) cannot use compiled kernels, or None if it can."""
+def unsupported(module: SparseConv2d, device: str = "cpu") -> str | None:
+    """Why `module` (a `SparseConv2d`) cannot use compiled kernels whose tensors live on `device`
+    ("cpu", or "cuda" for CUDA targets), or None if it can."""
     if module.groups != 1 or tuple(module.dilation) != (1, 1):
         return "grouped or dilated conv"
     if isinstance(module.padding, str) or module.padding_mode != "zeros":
         return "padding mode other than explicit zeros"
     if len(set(module.stride)) != 1 or len(set(module.padding)) != 1 or module.stride[0] not in (1, 2):
         return "asymmetric stride or padding, or a stride other than 1 and 2"
-    if module.weight.dtype != torch.float32 or module.weight.device.type != "cpu":
-        return "not a float32 CPU weight"
+    if module.weight.dtype != torch.float32 or module.weight.device.type != device:
+        return f"not a float32 {device.upper()} weight"
     return None
 
 
@@ -104,7 +117,8 @@ def compile_model(
         policy: the recompile thresholds.
         fallback: "measure": a layer whose compiled forward + backward measures slower than the
             dense conv on this machine keeps the masked dense conv ("never slower than dense");
-            "never": compile whatever can be.
+            "never": compile whatever can be. GPU targets (OpenCL, CUDA) are not measured: their
+            kernels are built and gated on the device at the layer's first call.
         records: tuning records to build with (default: those in effect).
 
     Returns:
@@ -122,9 +136,10 @@ def compile_model(
     inputs = layer_inputs(model, example_input) if example_input is not None else {}
     report: dict[str, dict[str, Any]] = {}
     verdicts: dict[tuple[str, ConvGeometry, float], dict[str, Any]] = {}
+    on_device = runs_on_device(tgt)
     for name, module in sparse_layers(model).items():
         module.backend = None
-        reason = unsupported(module)
+        reason = unsupported(module, "cuda" if tgt.tvm.kind.name == "cuda" else "cpu")
         family: KernelFamily | None = None
         if reason is None:
             try:
@@ -135,7 +150,14 @@ def compile_model(
         geometry = geometry_of(module, tuple(inputs[name].shape)) if family is not None and name in inputs else None
         if geometry is not None:
             reason = family.supports(geometry)
-        if reason is None and family is not None:
+        if reason is None and family is not None and on_device:
+            module.backend = device = device_backend(family, tgt)
+            if geometry is not None:  # build and gate now, on the device
+                try:
+                    device.ready(geometry)
+                except KernelGateError as err:
+                    reason, module.backend = str(err), None
+        elif reason is None and family is not None:
             backend = CompiledConvBackend(family, tgt, policy)
             module.backend = backend
             if geometry is not None:

@@ -71,17 +71,36 @@ def devices() -> list[Device]:
 
 
 class Buffer:
-    """A device buffer holding a copy of an array; `read()` copies it back."""
+    """A device buffer of one shape and dtype (`Context.buffer` copies an array in, `Context.empty`
+    leaves it uninitialised); `write()` refills it, `read()` copies it back."""
 
-    def __init__(self, context: Context, array: ArrayLike) -> None:
-        host = as_numpy(array)
-        self.context, self.shape, self.dtype, self.handle = context, host.shape, host.dtype, 0
+    def __init__(self, context: Context, shape: Sequence[int], dtype: Any, host: np.ndarray | None = None) -> None:
+        self.context, self.shape, self.dtype, self.handle = context, tuple(shape), np.dtype(dtype), 0
         # OpenCL rejects zero-sized buffers; an empty array (a mask without nonzeros) gets one
         # element that no kernel reads.
-        size = max(host.nbytes, host.itemsize)
-        flags = api.MEM_READ_WRITE | (api.MEM_COPY_HOST_PTR if host.nbytes else 0)
-        data = host.ctypes.data_as(api.VOIDP) if host.nbytes else None
+        size = max(self.nbytes, self.dtype.itemsize)
+        copy = host is not None and host.nbytes > 0
+        flags = api.MEM_READ_WRITE | (api.MEM_COPY_HOST_PTR if copy else 0)
+        data = host.ctypes.data_as(api.VOIDP) if copy else None
         self.handle = create(cl().clCreateBuffer, context.handle, flags, size, data, what="clCreateBuffer")
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    def write(self, array: ArrayLike) -> None:
+        """Copy `array` (this buffer's shape and dtype) into the buffer (blocking)."""
+        host = as_numpy(array)
+        if host.shape != self.shape or host.dtype != self.dtype:
+            raise OpenCLError(f"writing a {host.shape} {host.dtype} array into a {self.shape} {self.dtype} buffer")
+        if host.nbytes:
+            ptr = host.ctypes.data_as(api.VOIDP)
+            code = cl().clEnqueueWriteBuffer(self.context.queue, self.handle, 1, 0, host.nbytes, ptr, 0, None, None)
+            check(code, "clEnqueueWriteBuffer")
 
     def read(self) -> np.ndarray:
         """The buffer's contents as a new numpy array (waits for the queued work)."""
@@ -169,7 +188,12 @@ class Context:
 
     def buffer(self, array: ArrayLike) -> Buffer:
         """A device buffer initialised with `array` (numpy or CPU torch)."""
-        return Buffer(self, array)
+        host = as_numpy(array)
+        return Buffer(self, host.shape, host.dtype, host)
+
+    def empty(self, shape: Sequence[int], dtype: Any) -> Buffer:
+        """An uninitialised device buffer (what a kernel writes)."""
+        return Buffer(self, shape, dtype)
 
     def launch(
         self,

@@ -46,6 +46,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "clSetKernelArg": (I32, [VOIDP, U32, SIZE, VOIDP]),
     "clCreateBuffer": (VOIDP, [VOIDP, U64, SIZE, VOIDP, _PI32]),
     "clEnqueueReadBuffer": (I32, [VOIDP, VOIDP, U32, SIZE, SIZE, VOIDP, U32, VOIDP, VOIDP]),
+    "clEnqueueWriteBuffer": (I32, [VOIDP, VOIDP, U32, SIZE, SIZE, VOIDP, U32, VOIDP, VOIDP]),
     "clEnqueueNDRangeKernel": (I32, [VOIDP, VOIDP, U32, VOIDP, VOIDP, VOIDP, U32, VOIDP, VOIDP]),
     "clWaitForEvents": (I32, [U32, VOIDP]),
     "clGetEventProfilingInfo": (I32, [VOIDP, U32, SIZE, VOIDP, _PSIZE]),

@@ -168,7 +168,7 @@ class OpenCLFunction:
         program = self.context.build(self.source)
         self._kernels = {launch.kernel: program.kernel(launch.kernel) for launch in self.launches}
 
-    def _shape_values(self, arrays: list[np.ndarray]) -> dict[str, int]:
+    def _shape_values(self, arrays: list[np.ndarray] | list[Buffer]) -> dict[str, int]:
         """Symbolic shape variable name -> value, checking every argument's shape and dtype."""
         if len(arrays) != len(self.func.params):
             raise MestError(f"expected {len(self.func.params)} arguments, got {len(arrays)}")
@@ -193,8 +193,8 @@ class OpenCLFunction:
                 analyzer.bind(var, value)
         return analyzer
 
-    def _run(self, arrays: list[np.ndarray], buffers: list[Buffer]) -> float:
-        analyzer = self._evaluator(self._shape_values(arrays))
+    def _run(self, buffers: list[Buffer]) -> float:
+        analyzer = self._evaluator(self._shape_values(buffers))
 
         def integer(expr: Any) -> int:
             if isinstance(expr, int):
@@ -230,17 +230,19 @@ class OpenCLFunction:
 
     def __call__(self, *args: Any) -> list[np.ndarray]:
         """Copy the arguments to the device, run every kernel, copy every argument back."""
-        arrays = [as_numpy(a) for a in args]
-        buffers = [self.context.buffer(a) for a in arrays]
-        self._run(arrays, buffers)
+        buffers = [self.context.buffer(as_numpy(a)) for a in args]
+        self._run(buffers)
         return [b.read() for b in buffers]
+
+    def launch(self, *buffers: Buffer) -> float:
+        """Run every kernel on arguments already on the device (nothing is copied); device seconds."""
+        return self._run(list(buffers))
 
     def time(self, *args: Any, number: int = 3) -> float:
         """Mean device seconds per call (sum over the function's kernels; transfers excluded)."""
-        arrays = [as_numpy(a) for a in args]
-        buffers = [self.context.buffer(a) for a in arrays]
-        self._run(arrays, buffers)  # warm-up: first launches include the driver's lazy setup
-        return sum(self._run(arrays, buffers) for _ in range(number)) / number
+        buffers = [self.context.buffer(as_numpy(a)) for a in args]
+        self._run(buffers)  # warm-up: first launches include the driver's lazy setup
+        return sum(self._run(buffers) for _ in range(number)) / number
 
 
 def compile_opencl(

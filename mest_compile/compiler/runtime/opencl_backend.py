@@ -1,12 +1,11 @@
-"""Training on an OpenCL device: a `SparseConv2d` backend whose forward, input gradient and weight
-gradient are the family's GPU kernels, compiled for a mali/adreno preset and launched by our
-OpenCL host (`opencl_tvm.py`).
+"""Training on an OpenCL device (mali, adreno presets): the GPU kernels launched by our OpenCL host.
 
-Arrays go to the device and back on every call (numpy in, numpy out), which is what a phone
-without a shared-memory torch would do too; it is slow on PoCL and exists to run real training
-steps through the OpenCL kernels. The weight gradient is computed for the kept values only and
-reaches the dense weight through the differentiable gather of `fmt.values`, so it is exactly
-zero outside the mask.
+Device buffers persist and only what changed moves: a layer's index buffers are uploaded when
+its mask is packed and afterwards only those a mutation changed; each forward uploads the input
+and the packed values once and keeps them on the device for both gradient kernels; the backward
+uploads the output gradient once for both. Each output is read back once. `TransferStats`
+counts every byte. The weight gradient is computed for the kept values only and reaches the
+dense weight through the differentiable gather of `fmt.values`, so it is zero outside the mask.
 """
 
 from __future__ import annotations
@@ -15,80 +14,91 @@ from typing import Any
 
 import torch
 
-from mest_compile.compiler.devices.opencl import Context
+from mest_compile.compiler.devices.opencl import Buffer, Context
 from mest_compile.compiler.devices.opencl_tvm import OpenCLFunction, compile_opencl
 from mest_compile.compiler.families import KernelFamily, PackedFormat
 from mest_compile.compiler.formats.geometry import ConvGeometry
 from mest_compile.compiler.phases import PHASES
-from mest_compile.compiler.runtime.backend import geometry_of
-from mest_compile.compiler.target_families import family_of
-from mest_compile.sparsity.module import SparseConv2d
+from mest_compile.compiler.runtime.compiled import tuned_schedules
+from mest_compile.compiler.runtime.device_backend import DEVICE_BACKENDS, DeviceConvBackend
+from mest_compile.compiler.runtime.records import TunedChoices
 
 
-#: How GPU kernels are templated and scheduled (the same kernels a `mali` / `adreno` build makes).
-_GPU = family_of("gpu")
-
-
-class OpenCLConvBackend:
-    """`SparseConv2d.backend` running the layer's three kernels on an OpenCL device.
+class OpenCLConvBackend(DeviceConvBackend):
+    """A layer's kernels on an OpenCL device (see the module docstring).
 
     Example:
         >>> layer.backend = OpenCLConvBackend(family_for("block"), "mali")   # doctest: +SKIP
     """
 
-    def __init__(self, family: KernelFamily, preset: str = "mali", context: Context | None = None) -> None:
-        self.family = family
-        self.preset = preset
+    kind = "opencl"
+
+    def __init__(self, family: KernelFamily, target: Any = "mali", context: Context | None = None,
+                 records: TunedChoices | None = None) -> None:
+        super().__init__(family, target, records)
         self.context = context or Context()
         self._functions: dict[ConvGeometry, dict[str, OpenCLFunction]] = {}
-        self._fmt: PackedFormat | None = None
-        self._version = -1
+        self._host: dict[str, torch.Tensor] = {}  # what the device index buffers hold
+        self._device: dict[str, Buffer] = {}
+
+    def build(self, geometry: ConvGeometry) -> None:
+        _, mods, _ = tuned_schedules(self.family, geometry, self.target, self.records)
+        preset = self.target.preset
+        self._functions[geometry] = {which: compile_opencl(mods[which], preset, self.context) for which in PHASES}
 
     def functions(self, geometry: ConvGeometry) -> dict[str, OpenCLFunction]:
-        """The compiled kernels of `geometry` (built on first use)."""
-        if geometry not in self._functions:
-            self._functions[geometry] = {
-                which: compile_opencl(_GPU.schedule(_GPU.template(self.family, geometry, which, None), which)["main"],
-                                      self.preset, self.context)
-                for which in PHASES
-            }
+        """The compiled kernels of `geometry` (built and gated on first use)."""
+        self.ready(geometry)
         return self._functions[geometry]
 
-    def _format(self, module: SparseConv2d, geometry: ConvGeometry) -> PackedFormat:
-        if self._fmt is None or self._fmt.geometry != geometry or self._version != module.mask_version:
-            self._fmt = self.family.forward_format(geometry, module.mask)
-            self._version = module.mask_version
-        return self._fmt
+    def upload(self, tensor: torch.Tensor) -> Buffer:
+        """A device copy of `tensor` (counted)."""
+        buffer = self.context.buffer(tensor.detach())
+        self.stats.uploaded_bytes += buffer.nbytes
+        return buffer
 
-    def run(self, which: str, x: torch.Tensor, values: torch.Tensor, dy: torch.Tensor | None,
-            fmt: PackedFormat) -> torch.Tensor:
-        """Kernel `which` on the device; returns its output."""
-        args = self.family.gpu_kernel_args(which, x.detach(), values.detach(), dy, fmt)
-        *_, out = self.functions(fmt.geometry)[which](*args)
-        return torch.from_numpy(out)
+    def download(self, buffer: Buffer) -> torch.Tensor:
+        """A host copy of `buffer` (counted)."""
+        self.stats.downloaded_bytes += buffer.nbytes
+        return torch.from_numpy(buffer.read())
 
-    def __call__(self, module: SparseConv2d, x: torch.Tensor) -> torch.Tensor:
-        fmt = self._format(module, geometry_of(module, tuple(x.shape)))
-        y = _DeviceConv.apply(x.contiguous(), fmt.values(module.weight).contiguous(), self, fmt)
-        if module.bias is not None:
-            y = y + module.bias[None, :, None, None]
-        return y
+    def index(self, fmt: PackedFormat) -> dict[str, Buffer]:
+        """`fmt`'s index buffers on the device; only those that differ from what it holds are written."""
+        for name, tensor in self.family.gpu_index_buffers(fmt).items():
+            old = self._host.get(name)
+            if old is not None and old.shape == tensor.shape and torch.equal(old, tensor):
+                continue
+            if old is not None and old.shape == tensor.shape:
+                self._device[name].write(tensor)
+                self.stats.uploaded_bytes += self._device[name].nbytes
+            else:
+                self._device[name] = self.upload(tensor)
+            self._host[name] = tensor.clone()
+            self.stats.index_uploads += 1
+        return dict(self._device)  # a snapshot: a later repack must not change a pending backward's buffers
+
+    def _launch(self, which: str, fmt: PackedFormat, first: Buffer, second: Buffer, index: dict[str, Buffer],
+                out_shape: tuple[int, ...]) -> torch.Tensor:
+        out = self.context.empty(out_shape, "float32")
+        buffers = [index[name] for name in self.family.gpu_phase_buffers(which)]
+        self._functions[fmt.geometry][which].launch(first, second, *buffers, out)
+        self.stats.launches += 1
+        return self.download(out)
+
+    def forward(self, x: torch.Tensor, values: torch.Tensor, fmt: PackedFormat) -> tuple[torch.Tensor, Any]:
+        geo = fmt.geometry
+        index = self.index(fmt)
+        xb, vb = self.upload(x), self.upload(values)
+        y = self._launch("forward", fmt, xb, vb, index, (x.shape[0], geo.out_channels, geo.out_h, geo.out_w))
+        return y, (xb, vb, index, tuple(x.shape), tuple(values.shape))
+
+    def backward(self, saved: Any, dy: torch.Tensor, fmt: PackedFormat, need_dx: bool,
+                 need_dv: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        xb, vb, index, x_shape, values_shape = saved
+        dyb = self.upload(dy)
+        dx = self._launch("dgrad", fmt, dyb, vb, index, x_shape) if need_dx else None
+        dv = self._launch("wgrad", fmt, xb, dyb, index, values_shape) if need_dv else None
+        return dx, dv
 
 
-class _DeviceConv(torch.autograd.Function):
-    """`conv2d(x, weight * mask)` as a function of `x` and the packed values, on the device."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, values: torch.Tensor, backend: OpenCLConvBackend,
-                fmt: PackedFormat) -> torch.Tensor:
-        ctx.save_for_backward(x, values)
-        ctx.backend, ctx.fmt = backend, fmt
-        return backend.run("forward", x, values, None, fmt)
-
-    @staticmethod
-    def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
-        x, values = ctx.saved_tensors
-        dy = dy.contiguous()
-        dx = ctx.backend.run("dgrad", x, values, dy, ctx.fmt) if ctx.needs_input_grad[0] else None
-        dv = ctx.backend.run("wgrad", x, values, dy, ctx.fmt) if ctx.needs_input_grad[1] else None
-        return dx, dv, None, None
+DEVICE_BACKENDS.add("opencl", OpenCLConvBackend)

@@ -13,11 +13,20 @@ import hashlib
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
 from mest_compile.compiler.families import PackedFormat
-from mest_compile.compiler.runtime.compiled import CompiledKernels
+
+
+class Packer(Protocol):
+    """What packs masks for one set of kernels: `CompiledKernels`, or a device backend's per-geometry packer."""
+
+    handle: str
+
+    def pack(self, mask: torch.Tensor) -> PackedFormat:
+        """The packed format of `mask`."""
 
 
 @dataclass
@@ -37,7 +46,7 @@ class PackCache:
         self._entries: OrderedDict[tuple, PackedFormat] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, kernels: CompiledKernels, mask: torch.Tensor) -> PackedFormat:
+    def get(self, kernels: Packer, mask: torch.Tensor) -> PackedFormat:
         """`kernels.pack(mask)`, or the format packed before for an equal mask."""
         flat = mask.detach().to("cpu").contiguous()
         digest = hashlib.blake2b(flat.view(torch.uint8).numpy() if flat.dtype == torch.bool else flat.numpy(),
