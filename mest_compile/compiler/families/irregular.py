@@ -15,9 +15,11 @@ import torch
 from mest_compile.compiler.families import FAMILIES, KernelFamily
 from mest_compile.compiler.formats.geometry import ConvGeometry
 from mest_compile.compiler.formats.irregular import IrregularFormat, random_irregular_mask
+from mest_compile.compiler.formats.irregular_gpu import gpu_gradient_buffers
 from mest_compile.compiler.kernels.irregular_dgrad import irregular_dgrad
 from mest_compile.compiler.kernels.irregular_fwd import irregular_forward
 from mest_compile.compiler.kernels.irregular_fwd_gpu import irregular_forward_gpu
+from mest_compile.compiler.kernels.irregular_grad_gpu import irregular_dgrad_gpu, irregular_wgrad_gpu
 from mest_compile.compiler.kernels.irregular_wgrad import irregular_wgrad
 from mest_compile.compiler.target import Target
 from mest_compile.schedules.irregular_host import IrregularTiles, irregular_knobs
@@ -41,7 +43,9 @@ class IrregularFamily(KernelFamily):
         "dgrad": lambda g, t: irregular_dgrad(g, t.dgrad_rows, t.dgrad_chunk),
         "wgrad": lambda g, t: irregular_wgrad(g, t.wgrad_cols, t.wgrad_slots, t.wgrad_images, t.wgrad_channels),
     }
-    gpu_templates: ClassVar[dict[str, Any]] = {"forward": irregular_forward_gpu}
+    gpu_templates: ClassVar[dict[str, Any]] = {"forward": irregular_forward_gpu, "dgrad": irregular_dgrad_gpu,
+                                               "wgrad": irregular_wgrad_gpu}
+    gpu_buffers: ClassVar[dict[str, tuple[str, ...]]] = {"dgrad": ("t_ptr", "t_nz", "code"), "wgrad": ("code",)}
     packing = (("chunk_filters", "dgrad_chunk"), ("channel_block", "wgrad_channels"))
 
     def supports(self, geometry: ConvGeometry) -> str | None:
@@ -64,6 +68,9 @@ class IrregularFamily(KernelFamily):
 
     def random_mask(self, weight_shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
         return random_irregular_mask(weight_shape, 0.3, generator)
+
+    def gpu_derived(self, fmt: IrregularFormat) -> dict[str, torch.Tensor]:
+        return gpu_gradient_buffers(fmt)
 
     def forward_format(self, geometry: ConvGeometry, mask: torch.Tensor) -> IrregularFormat:
         return IrregularFormat.pack(mask, geometry)
