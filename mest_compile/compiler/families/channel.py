@@ -19,6 +19,7 @@ from mest_compile.compiler.formats.geometry import ConvGeometry
 from mest_compile.compiler.kernels.channel_dgrad import channel_dgrad
 from mest_compile.compiler.kernels.channel_fwd import channel_forward
 from mest_compile.compiler.kernels.channel_fwd_gpu import channel_forward_gpu
+from mest_compile.compiler.kernels.channel_grad_gpu import channel_dgrad_gpu, channel_wgrad_gpu
 from mest_compile.compiler.kernels.channel_wgrad import channel_wgrad
 from mest_compile.compiler.target import Target
 from mest_compile.schedules.channel_host import ChannelTiles, channel_knobs, has_clzero
@@ -39,7 +40,10 @@ class ChannelFamily(KernelFamily):
         "dgrad": lambda g, t: channel_dgrad(g, t.dgrad_channels, t.dgrad_rows),
         "wgrad": lambda g, t: channel_wgrad(g, t.wgrad_filters, t.wgrad_slots, t.wgrad_images, t.wgrad_kh_rows),
     }
-    gpu_templates: ClassVar[dict[str, Any]] = {"forward": channel_forward_gpu}
+    gpu_templates: ClassVar[dict[str, Any]] = {"forward": channel_forward_gpu, "dgrad": channel_dgrad_gpu,
+                                               "wgrad": channel_wgrad_gpu}
+    # The GPU gradients need no more than the kept list: dense over (C, KH, KW), no derived buffers.
+    gpu_buffers: ClassVar[dict[str, tuple[str, ...]]] = {"dgrad": ("kept",), "wgrad": ("kept",)}
 
     def supports(self, geometry: ConvGeometry) -> str | None:
         if geometry.kernel_w > 3 * geometry.stride:

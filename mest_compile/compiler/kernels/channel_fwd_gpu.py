@@ -2,8 +2,9 @@
 
 Same arguments as the host kernel (`channel_fwd.py`): `f(x, values, kept, slot, y)`, so the same
 packed `ChannelFormat` drives both. A pruned filter (`slot[o] < 0`) writes zeros; a kept one is a
-plain dense dot product over (C, KH, KW) with a bounds test standing in for the padding. Every
-loop inside the block is scalar: a GPU schedule only binds the block's spatial loops.
+plain dense dot product over (KH, KW, C), taps outermost so the bounds test standing in for the
+padding runs once per tap and skips the taps that fall outside. Every loop inside the block is
+scalar: a GPU schedule only binds the block's spatial loops.
 """
 
 from __future__ import annotations
@@ -41,12 +42,17 @@ def channel_forward_gpu(geo: ConvGeometry) -> tirx.PrimFunc:
                 T.writes(Y[vn, vo, vh, vw])
                 acc = T.sblock_alloc_buffer((1,), "float32", scope="local")
                 acc[0] = T.float32(0)  # explicit: a pruned filter writes zeros
-                if SLOT[vo] >= 0:
-                    for c, kh, kw in T.grid(C, KH, KW):
+                j = SLOT[vo]
+                if j >= 0:
+                    # Taps outermost: each tap's bounds test runs once, not once per input channel.
+                    for kh in range(KH):
                         row = vh * s + kh - p
-                        col = vw * s + kw - p
-                        inside = row >= 0 and row < H and col >= 0 and col < W
-                        acc[0] = acc[0] + V[SLOT[vo], c, kh, kw] * T.if_then_else(inside, X[vn, c, row, col], T.float32(0))
+                        if row >= 0 and row < H:
+                            for kw in range(KW):
+                                col = vw * s + kw - p
+                                if col >= 0 and col < W:
+                                    for c in range(C):
+                                        acc[0] = acc[0] + V[j, c, kh, kw] * X[vn, c, row, col]
                 Y[vn, vo, vh, vw] = acc[0]
 
     return channel_fwd_gpu
