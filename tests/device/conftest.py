@@ -3,7 +3,8 @@
 Without a GPU the tier is skipped with the reason printed (`-ra`), on a developer machine and
 under CI alike: CI has no GPU. On a GPU machine TVM turns CUDA C into a binary when it builds,
 with NVRTC (the `cuda-python` package) or else nvcc; a machine with neither skips, saying so.
-Arrays go through TVM, not torch, so the CPU build of torch the Makefile installs is enough.
+The kernels run on PyTorch's CUDA tensors through DLPack, so this tier needs a CUDA build of torch
+(`benchmarks/gpu_check.sh` installs one); with the CPU build it is skipped, saying so.
 """
 
 from __future__ import annotations

@@ -51,3 +51,24 @@ def test_missing_nvcc_names_the_toolkit(source: str, monkeypatch: pytest.MonkeyP
 def test_non_cuda_preset_is_rejected(source: str) -> None:
     with pytest.raises(MestError, match="not a CUDA target"):
         compile_cuda(source, "ptx", preset="mali")
+
+
+@pytest.mark.usefixtures("nvcc")
+@pytest.mark.parametrize("name", ["block", "pattern", "channel", "irregular"])
+def test_every_family_kernel_compiles_with_nvcc(name: str) -> None:
+    """Each GPU kernel (forward, input gradient, weight gradient) as the cuda target builds it, through nvcc."""
+    from mest_compile.compiler.families import PHASES, family_for
+    from mest_compile.compiler.formats.geometry import ConvGeometry
+    from mest_compile.compiler.runtime.compiled import schedule_kernels
+    from mest_compile.compiler.target import as_target
+
+    family, target = family_for(name), as_target("cuda")
+    for geo in (ConvGeometry(16, 8, 8, 16, 3, 3, stride=1, padding=1), ConvGeometry(16, 9, 9, 32, 3, 3, stride=2, padding=1)):
+        _, mods = schedule_kernels(family, geo, target)
+        assert set(mods) == set(PHASES)
+        for which, mod in mods.items():
+            source = cuda_source(mod, "cuda")
+            assert "__global__" in source, which
+            if which == "wgrad":  # the weight gradient reduces across a block's threads
+                assert "__shfl" in source or "__syncthreads" in source, source
+            assert b".entry" in compile_cuda(source, "ptx"), which
