@@ -17,9 +17,11 @@ import tvm
 from mest_compile.compiler.families import FAMILIES, KernelFamily
 from mest_compile.compiler.formats.geometry import ConvGeometry
 from mest_compile.compiler.formats.pattern import SCHEMES, PatternFormat, pattern_ids, random_pattern_mask
+from mest_compile.compiler.formats.pattern_gpu import gpu_gradient_buffers
 from mest_compile.compiler.kernels.pattern_dgrad import pattern_dgrad
 from mest_compile.compiler.kernels.pattern_fwd import pattern_forward
 from mest_compile.compiler.kernels.pattern_fwd_gpu import pattern_forward_gpu
+from mest_compile.compiler.kernels.pattern_grad_gpu import pattern_dgrad_gpu, pattern_wgrad_gpu
 from mest_compile.compiler.kernels.pattern_taps import input_layout
 from mest_compile.compiler.kernels.pattern_wgrad import pattern_wgrad
 from mest_compile.compiler.target import Target
@@ -57,7 +59,9 @@ class PatternFamily(KernelFamily):
         "dgrad": lambda g, t: pattern_dgrad(g, t.dgrad_rows),
         "wgrad": _wgrad,
     }
-    gpu_templates: ClassVar[dict[str, Any]] = {"forward": _forward_gpu}
+    gpu_templates: ClassVar[dict[str, Any]] = {"forward": _forward_gpu, "dgrad": pattern_dgrad_gpu,
+                                               "wgrad": pattern_wgrad_gpu}
+    gpu_buffers: ClassVar[dict[str, tuple[str, ...]]] = {"dgrad": ("dx_ptr", "dx_ker", "code"), "wgrad": ("code",)}
 
     @property
     def recipe_scheme(self) -> str:
@@ -85,6 +89,9 @@ class PatternFamily(KernelFamily):
 
     def random_mask(self, weight_shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
         return random_pattern_mask(weight_shape, 0.4, generator)
+
+    def gpu_derived(self, fmt: PatternFormat) -> dict[str, torch.Tensor]:
+        return gpu_gradient_buffers(fmt)
 
 
 FAMILIES.add("pattern", PatternFamily())
