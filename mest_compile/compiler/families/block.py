@@ -52,7 +52,7 @@ class BlockFamily(KernelFamily):
     }
     gpu_templates: ClassVar[dict[str, Any]] = {"forward": block_forward_gpu, "dgrad": block_dgrad_gpu,
                                                "wgrad": block_wgrad_gpu}
-    gpu_buffers: ClassVar[dict[str, tuple[str, ...]]] = {"dgrad": ("t_ptr", "t_blk", "code"), "wgrad": ("code",)}
+    gpu_buffers: ClassVar[dict[str, tuple[str, ...]]] = {"dgrad": ("t_ptr", "t_units", "code"), "wgrad": ("code",)}
     packing = (("chunk_groups", "dgrad_chunk"), ("scatter_channels", "scatter_layout"))
 
     def supports(self, geometry: ConvGeometry) -> str | None:

@@ -45,7 +45,7 @@ class IrregularFamily(KernelFamily):
     }
     gpu_templates: ClassVar[dict[str, Any]] = {"forward": irregular_forward_gpu, "dgrad": irregular_dgrad_gpu,
                                                "wgrad": irregular_wgrad_gpu}
-    gpu_buffers: ClassVar[dict[str, tuple[str, ...]]] = {"dgrad": ("t_ptr", "t_nz", "code"), "wgrad": ("code",)}
+    gpu_buffers: ClassVar[dict[str, tuple[str, ...]]] = {"dgrad": ("t_ptr", "t_units", "code"), "wgrad": ("code",)}
     packing = (("chunk_filters", "dgrad_chunk"), ("channel_block", "wgrad_channels"))
 
     def supports(self, geometry: ConvGeometry) -> str | None:

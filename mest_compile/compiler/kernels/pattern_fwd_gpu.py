@@ -10,17 +10,40 @@ GPU schedule only binds the block's spatial loops.
 
 from __future__ import annotations
 
+from typing import Any
+
 from tvm import tirx
 from tvm.script import tirx as T
 
 from mest_compile.compiler.formats.geometry import ConvGeometry
-from mest_compile.compiler.formats.pattern import pattern_taps
+from mest_compile.compiler.formats.pattern import NUM_PATTERNS, TAPS_PER_KERNEL, pattern_taps
 
 
 def _packed(values: list[int]) -> int:
     """2-bit fields, tap `i` at bits 2i..2i+1, as a signed int64 (arithmetic shifts keep the fields)."""
     bits = sum(v << (2 * i) for i, v in enumerate(values))
     return bits - (1 << 64) if bits >= 1 << 63 else bits
+
+
+class PatternTaps:
+    """TIR expressions of pattern `q`'s tap `t` (`q` may be a code whose low 3 bits are the
+    pattern): its `(kh, kw)` read from two 64-bit constants, 2 bits per tap."""
+
+    def __init__(self) -> None:
+        taps = [tap for pattern in pattern_taps() for tap in pattern]
+        self.kh_bits, self.kw_bits = _packed([kh for kh, _ in taps]), _packed([kw for _, kw in taps])
+
+    @staticmethod
+    def _field(bits: int, q: Any, t: Any) -> Any:
+        shift = tirx.Cast("int64", (tirx.truncmod(q, NUM_PATTERNS) * TAPS_PER_KERNEL + t) * 2)
+        return tirx.Cast("int32", tirx.bitwise_and(tirx.shift_right(tirx.const(bits, "int64"), shift),
+                                                   tirx.const(3, "int64")))
+
+    def kh(self, q: Any, t: Any) -> Any:
+        return self._field(self.kh_bits, q, t)
+
+    def kw(self, q: Any, t: Any) -> Any:
+        return self._field(self.kw_bits, q, t)
 
 
 def pattern_forward_gpu(geo: ConvGeometry, plane: int) -> tirx.PrimFunc:
@@ -31,9 +54,7 @@ def pattern_forward_gpu(geo: ConvGeometry, plane: int) -> tirx.PrimFunc:
     """
     C, H, W, O = geo.in_channels, geo.in_h, geo.in_w, geo.out_channels
     OH, OW, s, p = geo.out_h, geo.out_w, geo.stride, geo.padding
-    taps = [tap for pattern in pattern_taps() for tap in pattern]
-    patterns, per = len(pattern_taps()), len(pattern_taps()[0])
-    kh_bits, kw_bits = _packed([kh for kh, _ in taps]), _packed([kw for _, kw in taps])
+    patterns, per, taps = NUM_PATTERNS, TAPS_PER_KERNEL, PatternTaps()
 
     @T.prim_func(s_tir=True)
     def pattern_fwd_gpu(x: T.handle, v: T.handle, fp: T.handle, xo: T.handle, y: T.handle):
@@ -58,11 +79,8 @@ def pattern_forward_gpu(geo: ConvGeometry, plane: int) -> tirx.PrimFunc:
                     for j in range(FP[vo * patterns + q], FP[vo * patterns + q + 1]):
                         c = T.truncdiv(XO[j], plane)
                         for t in range(per):
-                            shift = T.Cast("int64", (q * per + t) * 2)
-                            kh = T.Cast("int32", T.bitwise_and(T.shift_right(T.int64(kh_bits), shift), T.int64(3)))
-                            kw = T.Cast("int32", T.bitwise_and(T.shift_right(T.int64(kw_bits), shift), T.int64(3)))
-                            row = vh * s + kh - p
-                            col = vw * s + kw - p
+                            row = vh * s + taps.kh(q, t) - p
+                            col = vw * s + taps.kw(q, t) - p
                             inside = row >= 0 and row < H and col >= 0 and col < W
                             acc[0] = acc[0] + V[j, t] * T.if_then_else(inside, X[vn, c, row, col], T.float32(0))
                 Y[vn, vo, vh, vw] = acc[0]
