@@ -23,6 +23,10 @@ from tvm import s_tir, tirx
 DEFAULT_THREADS = 64
 # Work-group sizes the tuner samples (capped by the target's limit).
 THREAD_CHOICES = (32, 64, 128, 256)
+# Outputs each work item of a complete block computes in turn (fewer, longer-lived groups: a
+# group's launch and its index reads are paid once for several outputs; adjacent items stay on
+# adjacent outputs, so loads stay coalesced).
+SERIAL_CHOICES = (1, 2, 4)
 _REDUCE = 2  # IterVar.CommReduce
 
 
@@ -31,9 +35,10 @@ def reduction_axes(sch: s_tir.Schedule, block: str) -> int:
     return sum(int(v.iter_type) == _REDUCE for v in sch.get(sch.get_sblock(block)).iter_vars)
 
 
-def bind_block(sch: s_tir.Schedule, block: str, threads: Any, pixels_outer: bool = False) -> None:
-    """Bind `block`: spatial loops fused over work items (optionally filters innermost), or, for a
-    reduction block, spatial loops over work groups and the fused reduction split over `threads`."""
+def bind_block(sch: s_tir.Schedule, block: str, threads: Any, pixels_outer: bool = False, serial: Any = 1) -> None:
+    """Bind `block`: spatial loops fused over work items (optionally filters innermost, each item
+    computing `serial` outputs `threads` apart), or, for a reduction block, spatial loops over work
+    groups and the fused reduction split over `threads`."""
     loops = sch.get_loops(sch.get_sblock(block))
     reduced = reduction_axes(sch, block)
     if reduced:
@@ -45,7 +50,10 @@ def bind_block(sch: s_tir.Schedule, block: str, threads: Any, pixels_outer: bool
     if pixels_outer and len(loops) == 4:  # (n, o, oh, ow) -> (n, oh, ow, o): neighbours share pixels
         sch.reorder(loops[0], loops[2], loops[3], loops[1])
         loops = sch.get_loops(sch.get_sblock(block))
-    outer, inner = sch.split(sch.fuse(*loops), [None, threads])
+    if isinstance(serial, int) and serial == 1:
+        outer, inner = sch.split(sch.fuse(*loops), [None, threads])
+    else:
+        outer, _, inner = sch.split(sch.fuse(*loops), [None, serial, threads])
     sch.bind(outer, "blockIdx.x")
     sch.bind(inner, "threadIdx.x")
 
@@ -60,17 +68,18 @@ def bind_kernel(func: tirx.PrimFunc, block: str, threads: int = DEFAULT_THREADS)
 
 def gpu_spaces(func: tirx.PrimFunc, block: str, max_threads: int) -> list[Callable[[s_tir.Schedule], None]]:
     """The tuner's GPU design spaces of `block`: work-group size sampled, and for complete blocks
-    the work-item order (adjacent items walk output pixels of one filter, coalescing input reads,
-    or the filters of one pixel, sharing its inputs)."""
+    the outputs per work item and the work-item order (adjacent items walk output pixels of one
+    filter, coalescing input reads, or the filters of one pixel, sharing its inputs)."""
     choices = [t for t in THREAD_CHOICES if t <= max_threads] or [max_threads]
+    reduction = reduction_axes(s_tir.Schedule(func), block) > 0
 
     def space(pixels_outer: bool) -> Callable[[s_tir.Schedule], None]:
         def apply(sch: s_tir.Schedule) -> None:
             threads = sch.sample_categorical(choices, [1.0 / len(choices)] * len(choices))
-            bind_block(sch, block, threads, pixels_outer)
+            serial = 1 if reduction else sch.sample_categorical(list(SERIAL_CHOICES),
+                                                                [1.0 / len(SERIAL_CHOICES)] * len(SERIAL_CHOICES))
+            bind_block(sch, block, threads, pixels_outer, serial)
 
         return apply
 
-    if reduction_axes(s_tir.Schedule(func), block):
-        return [space(False)]
-    return [space(False), space(True)]
+    return [space(False)] if reduction else [space(False), space(True)]
