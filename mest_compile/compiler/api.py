@@ -20,7 +20,7 @@ from mest_compile.compiler.families import KernelFamily, family_for
 from mest_compile.compiler.formats.geometry import ConvGeometry
 from mest_compile.compiler.runtime.backend import CompiledConvBackend, geometry_of
 from mest_compile.compiler.runtime.cache import kernels_for
-from mest_compile.compiler.runtime.device_backend import device_backend, runs_on_device, shared_device_backend
+from mest_compile.compiler.runtime.device_backends import device_backend, runs_on_device, shared_device_backend
 from mest_compile.compiler.runtime.gate import KernelGateError
 from mest_compile.compiler.runtime.pack_cache import PACKED
 from mest_compile.compiler.runtime.policy import RecompilePolicy

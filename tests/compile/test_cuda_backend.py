@@ -14,7 +14,7 @@ from mest_compile.compiler.families import PHASES, family_for
 from mest_compile.compiler.formats.geometry import ConvGeometry
 from mest_compile.compiler.runtime import cuda_backend
 from mest_compile.compiler.runtime.cuda_backend import CudaConvBackend
-from mest_compile.compiler.runtime.device_backend import device_backend, runs_on_device
+from mest_compile.compiler.runtime.device_backends import device_backend, runs_on_device
 from mest_compile.compiler.target import as_target
 from mest_compile.errors import MestError
 

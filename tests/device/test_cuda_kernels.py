@@ -29,7 +29,7 @@ def torch_cuda() -> None:
 def test_sparse_conv2d_on_cuda_tensors_matches_masked_dense(cuda_target: Any, scheme: str, stride: int) -> None:
     from mest_compile import sparse_conv2d
     from mest_compile.compiler.families import family_for
-    from mest_compile.compiler.runtime.device_backend import shared_device_backend
+    from mest_compile.compiler.runtime.device_backends import shared_device_backend
 
     family = family_for(scheme)
     gen = torch.Generator().manual_seed(stride)

@@ -174,30 +174,5 @@ class _DeviceConv(torch.autograd.Function):
         return dx, dv, None, None
 
 
-#: Device backends by the TVM target kind they run (each module registers its class).
+#: Device backends by the TVM target kind they run (each module registers its class; `device_backends.py` looks up).
 DEVICE_BACKENDS: Registry[type[DeviceConvBackend]] = Registry("device backend")
-_SHARED: dict[tuple[str, str], DeviceConvBackend] = {}
-
-
-def _discover() -> None:
-    from mest_compile.compiler.runtime import cuda_backend, opencl_backend  # noqa: F401  (they register)
-
-
-def runs_on_device(target: Target) -> bool:
-    """Whether `target`'s kernels run through a device backend here (not as host functions)."""
-    _discover()
-    return target.tvm.kind.name in DEVICE_BACKENDS
-
-
-def device_backend(family: KernelFamily, target: Target) -> DeviceConvBackend:
-    """A new device backend of `family` for `target` (one per layer: each keeps its layer's packing)."""
-    _discover()
-    return DEVICE_BACKENDS.get(target.tvm.kind.name)(family, target)
-
-
-def shared_device_backend(family: KernelFamily, target: Target) -> DeviceConvBackend:
-    """The process's device backend of `family` on `target` (what `sparse_conv2d` calls)."""
-    key = (family.name, target.key)
-    if key not in _SHARED:
-        _SHARED[key] = device_backend(family, target)
-    return _SHARED[key]
