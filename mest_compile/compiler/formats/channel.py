@@ -100,11 +100,11 @@ class ChannelFormat:
 
     def values(self, weight: torch.Tensor) -> torch.Tensor:
         """`(nnz, C, kh, kw)` kept filters of `weight`; differentiable (zero gradient off the mask)."""
-        return weight.index_select(0, self.gather[: self.nnz])
+        return weight.index_select(0, self.gather[: self.nnz].to(weight.device))  # CPU indices, any device
 
     def dense_grad(self, values_grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """The dense weight gradient `values`' backward builds from `values_grad` (zero off the mask)."""
-        return torch.zeros_like(weight).index_copy_(0, self.gather[: self.nnz], values_grad)
+        return torch.zeros_like(weight).index_copy_(0, self.gather[: self.nnz].to(weight.device), values_grad)
 
     def signature(self) -> tuple:
         """Structure signature: geometry, capacity and (kept, pruned) filter counts.

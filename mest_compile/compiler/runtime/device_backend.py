@@ -55,8 +55,9 @@ class FormatPacker:
     geometry: ConvGeometry
 
     def pack(self, mask: torch.Tensor) -> PackedFormat:
-        """The GPU kernels' layout of `mask` (the portable forward layout)."""
-        return self.family.forward_format(self.geometry, mask)
+        """The GPU kernels' layout of `mask` (the portable forward layout; packed on the CPU, where
+        formats keep their index tensors, whatever device the mask is on)."""
+        return self.family.forward_format(self.geometry, mask.detach().cpu())
 
 
 class DeviceConvBackend(ABC):
