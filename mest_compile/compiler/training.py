@@ -17,6 +17,7 @@ from mest_compile.errors import MestError
 from mest_compile.compiler.api import compile_model
 from mest_compile.compiler.prebuilt import load_prebuilt
 from mest_compile.compiler.runtime.cache import CACHE, quiet_torch_threads
+from mest_compile.compiler.target import as_target
 from mest_compile.compiler.tune.records import TuningRecords
 from mest_compile.train.events import TrainingAlgorithm
 
@@ -47,7 +48,6 @@ class CompiledKernels(TrainingAlgorithm):
         """Compile (or reuse) each layer's kernels now, timed on one training batch."""
         # Handed to the layers' backends, which build with them whenever a new input size appears.
         records = TuningRecords(self.config.work_dir) if self.config.work_dir is not None else None
-        example = trainer.data.train_x[: trainer.config.optim.batch_size]
         target: Any = self.config.target
         if self.config.prebuilt is not None:
             target = load_prebuilt(self.config.prebuilt).target
@@ -55,6 +55,12 @@ class CompiledKernels(TrainingAlgorithm):
                 raise MestError(f"the kernels in {self.config.prebuilt} were built for {target.name}, "
                                 f"not --target {self.config.target}")
         self.target_name = target if isinstance(target, str) else target.name
+        if as_target(target).tvm.kind.name == "cuda":  # the CUDA kernels run on the model's own CUDA tensors
+            if not torch.cuda.is_available():
+                raise MestError("--target cuda trains on a CUDA GPU, and this PyTorch sees none (a CPU build of "
+                                "torch, or no NVIDIA driver): train on the host, or install a CUDA build of torch")
+            trainer.to_device("cuda")
+        example = trainer.data.train_x[: trainer.config.optim.batch_size]
         # PyTorch's spinning OpenMP workers would take the cores from the kernels' pool: for the run,
         # its ops go to one thread (as fast as OMP_WAIT_POLICY=PASSIVE, whatever the import order).
         self._restore = quiet_torch_threads()
@@ -89,9 +95,11 @@ class CompiledKernels(TrainingAlgorithm):
             stats_of = getattr(layer.backend, "stats", None)
             if stats_of is not None:
                 stats = stats_of.to_dict()
+                # A host backend's builds and repacks, or a GPU backend's launches and bytes moved.
                 entry["backend"] = stats
+                entry["runs_on"] = getattr(layer.backend, "kind", "") or "host"
                 for key in totals:
-                    totals[key] += stats[key]
+                    totals[key] += stats.get(key, 0)
             layers[name] = entry
         return {"target": self.target_name, "prebuilt": self.config.prebuilt, "torch_threads": self.torch_threads,
                 "builds": CACHE.stats.to_dict(), **totals, "layers": layers}

@@ -109,6 +109,12 @@ class Trainer:
             active = algorithm.select_examples(self, active)
         return active
 
+    def to_device(self, device: torch.device | str) -> None:
+        """Train on `device`: the model (weights, masks) and the data splits move there. The
+        optimizer keeps working (parameters move in place) and checkpoints load on any machine."""
+        self.model.to(device)
+        self.data = self.data.to(device)
+
     # --- state ---
     def state_dict(self, epoch: int) -> dict[str, Any]:
         """Everything needed to continue after `epoch` exactly as an uninterrupted run would."""

@@ -7,6 +7,8 @@ symbol the backend calls.
 
 from __future__ import annotations
 
+import pathlib
+
 import pytest
 import torch
 
@@ -43,3 +45,18 @@ def test_routes_and_refusals_without_a_gpu() -> None:
         backend = CudaConvBackend(family_for("block"), "cuda")
         with pytest.raises(MestError, match="no CUDA GPU"):
             backend.ready(ConvGeometry(4, 6, 6, 8, 3, 3, stride=1, padding=1))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU: tests/device trains on it")
+def test_training_on_cuda_without_a_gpu_is_refused_in_one_line(tmp_path: pathlib.Path) -> None:
+    from click.testing import CliRunner
+
+    from mest_compile.cli import cli, train  # noqa: F401  (registers the command)
+
+    out = tmp_path / "run"
+    args = ["train", "--dataset", "digits", "--model", "small_cnn", "--epochs", "1", "--compiled", "--target", "cuda",
+            "--out", str(out)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert "--target cuda trains on a CUDA GPU" in result.output and "Traceback" not in result.output
+    assert not out.exists()  # nothing half-written

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -52,6 +53,11 @@ class DatasetSplits:
             raise MestError(f"dataset {self.name!r} train/test image shapes differ: {tuple(self.train_x.shape[1:])} vs {tuple(self.test_x.shape[1:])}")
         if not len(self.mean) == len(self.std) == self.in_channels:
             raise MestError(f"dataset {self.name!r} needs one mean and std per channel, got {self.mean} and {self.std}")
+
+    def to(self, device: torch.device | str) -> DatasetSplits:
+        """These splits with their tensors on `device` (a GPU run keeps the whole set there)."""
+        return dataclasses.replace(self, train_x=self.train_x.to(device), train_y=self.train_y.to(device),
+                                   test_x=self.test_x.to(device), test_y=self.test_y.to(device))
 
     @property
     def in_channels(self) -> int:
