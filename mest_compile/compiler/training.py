@@ -24,7 +24,7 @@ from mest_compile.train.events import TrainingAlgorithm
 if TYPE_CHECKING:
     from mest_compile.train.loop import Trainer
 
-# Per-layer backend counters summed over the model in the summary.
+# A host backend's counters: always among the summary's totals (a GPU backend's are added when one ran).
 BACKEND_TOTALS = ("packs", "repacks", "rebuilds", "overflows", "dense_calls")
 
 
@@ -55,7 +55,9 @@ class CompiledKernels(TrainingAlgorithm):
                 raise MestError(f"the kernels in {self.config.prebuilt} were built for {target.name}, "
                                 f"not --target {self.config.target}")
         self.target_name = target if isinstance(target, str) else target.name
-        if as_target(target).tvm.kind.name == "cuda":  # the CUDA kernels run on the model's own CUDA tensors
+        # The CUDA kernels run on the model's own CUDA tensors. (Prebuilt kernels are host functions:
+        # their target is the text a board's runtime keeps, without a TVM target kind.)
+        if self.config.prebuilt is None and as_target(target).tvm.kind.name == "cuda":
             if not torch.cuda.is_available():
                 raise MestError("--target cuda trains on a CUDA GPU, and this PyTorch sees none (a CPU build of "
                                 "torch, or no NVIDIA driver): train on the host, or install a CUDA build of torch")
@@ -87,19 +89,25 @@ class CompiledKernels(TrainingAlgorithm):
         return {"kernels": self.kernel_summary(trainer)}
 
     def kernel_summary(self, trainer: Trainer) -> dict[str, Any]:
-        """Compiled-kernel status per layer and what the builds and backends did."""
+        """Compiled-kernel status per layer, where each ran, and what the builds and backends did.
+
+        The totals are the sums of the counters the layers' backends report: a host backend's packs,
+        repacks, rebuilds and dense calls (always present, zero when no layer ran on the host), a GPU
+        backend's bytes moved, index uploads and kernel launches (present when a layer ran on one).
+        """
         layers = {}
         totals = dict.fromkeys(BACKEND_TOTALS, 0)
         for name, layer in trainer.layers.items():
             entry = dict(self.kernels.get(name, {}))
+            entry["runs_on"] = "dense"  # no backend: PyTorch's masked dense conv
             stats_of = getattr(layer.backend, "stats", None)
             if stats_of is not None:
                 stats = stats_of.to_dict()
-                # A host backend's builds and repacks, or a GPU backend's launches and bytes moved.
                 entry["backend"] = stats
+                # Device backends name the TVM target kind they run ("opencl", "cuda").
                 entry["runs_on"] = getattr(layer.backend, "kind", "") or "host"
-                for key in totals:
-                    totals[key] += stats.get(key, 0)
+                for key, value in stats.items():
+                    totals[key] = totals.get(key, 0) + value
             layers[name] = entry
         return {"target": self.target_name, "prebuilt": self.config.prebuilt, "torch_threads": self.torch_threads,
                 "builds": CACHE.stats.to_dict(), **totals, "layers": layers}

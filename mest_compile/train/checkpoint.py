@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import pathlib
 import pickle
 import zipfile
@@ -24,9 +25,34 @@ def checkpoint_path(run_dir: str | pathlib.Path) -> pathlib.Path:
 
 
 def save_checkpoint(path: str | pathlib.Path, state: dict[str, Any]) -> None:
-    """Write `state` (plain containers of tensors and numbers) atomically."""
-    payload = {"format": FORMAT, "version": VERSION, **state}
+    """Write `state` (plain containers of tensors and numbers) atomically, its tensors as CPU tensors.
+
+    A run on a GPU writes a checkpoint any machine reads; resuming puts the tensors back where
+    the run's model lives (`load_state_dict` copies into it).
+    """
+    payload = _on_cpu({"format": FORMAT, "version": VERSION, **state})
     atomic_write(path, lambda handle: torch.save(payload, handle))
+
+
+def _on_cpu(value: Any) -> Any:
+    """`value` with every tensor in its dicts, lists and tuples on the CPU.
+
+    A container holding CPU tensors only is returned as it is, and a copied dict keeps its type and
+    attributes (a module's `state_dict` carries `_metadata`), so a CPU run writes what it always wrote.
+    """
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, dict):
+        moved = {key: _on_cpu(item) for key, item in value.items()}
+        if all(moved[key] is item for key, item in value.items()):
+            return value
+        out = copy.copy(value)
+        out.update(moved)
+        return out
+    if type(value) in (list, tuple):
+        items = [_on_cpu(item) for item in value]
+        return value if all(a is b for a, b in zip(items, value)) else type(value)(items)
+    return value
 
 
 def load_checkpoint(path: str | pathlib.Path) -> dict[str, Any]:

@@ -42,10 +42,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     kernels = summary.get("kernels")
     if kernels:
         compiled = sum(entry.get("status") == "compiled" for entry in kernels["layers"].values())
-        builds = kernels["builds"]
         lines.append(f"compiled kernels ({kernels['target']}): {compiled}/{len(kernels['layers'])} layers; "
-                     f"{builds['builds']} builds ({builds['build_seconds']:.1f} s), {builds['reuses']} reuses, "
-                     f"{kernels['repacks']} repacks, {kernels['rebuilds']} rebuilds")
+                     + _backend_totals(kernels))
     lines += ["", f"{'layer':<32} {'shape':<18} {'nnz':>8} {'sparsity':>9}" + ("  kernels" if kernels else "")]
     for layer in summary["layers"]:
         shape = "x".join(str(d) for d in layer["shape"])
@@ -56,6 +54,18 @@ def format_summary(summary: dict[str, Any]) -> str:
             line += f"  {entry.get('status', '-')}{speed}" + (f" ({entry['reason']})" if entry.get("reason") else "")
         lines.append(line)
     return "\n".join(lines)
+
+
+def _backend_totals(kernels: dict[str, Any]) -> str:
+    """What the layers' backends did: a GPU's launches and bytes moved when layers ran on one (only
+    GPU backends report launches), else the host kernels' builds and repacks."""
+    if "launches" in kernels:
+        moved = (kernels["uploaded_bytes"] + kernels["downloaded_bytes"]) / 2**20
+        return (f"on the GPU {kernels['launches']} launches, {moved:.1f} MiB moved, "
+                f"{kernels['index_uploads']} index uploads")
+    builds = kernels["builds"]
+    return (f"{builds['builds']} builds ({builds['build_seconds']:.1f} s), {builds['reuses']} reuses, "
+            f"{kernels['repacks']} repacks, {kernels['rebuilds']} rebuilds")
 
 
 def plot_history(run_dir: pathlib.Path, history: Sequence[dict[str, Any]]) -> pathlib.Path:
