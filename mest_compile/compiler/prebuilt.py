@@ -187,6 +187,19 @@ class _BuiltFor:
     def __str__(self) -> str:
         return self.text
 
+    @property
+    def kind(self) -> Any:
+        """The target kind: prebuilt kernels are CPU kernels (LLVM), run as host functions."""
+        return _LLVM
+
+
+@dataclass(frozen=True)
+class _Kind:
+    name: str
+
+
+_LLVM = _Kind("llvm")
+
 
 def built_target(spec: dict[str, Any]) -> Target:
     """The `Target` of a manifest's `target` entry: the host's key (what the kernels are cached
