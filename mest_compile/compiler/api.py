@@ -64,7 +64,7 @@ def sparse_conv2d(
     """
     family = family_for(scheme)
     tgt = as_target(target if target is not None else ("cuda" if x.device.type == "cuda" else "host"))
-    want = "cuda" if tgt.tvm.kind.name == "cuda" else "cpu"
+    want = tgt.tensor_device
     if x.dtype != torch.float32 or weight.dtype != torch.float32 or {x.device.type, weight.device.type} != {want}:
         raise MestError(f"compiled sparse conv for target {tgt.key!r} takes float32 {want.upper()} tensors, got "
                         f"{x.dtype} on {x.device} and {weight.dtype} on {weight.device}")
@@ -139,7 +139,7 @@ def compile_model(
     on_device = runs_on_device(tgt)
     for name, module in sparse_layers(model).items():
         module.backend = None
-        reason = unsupported(module, "cuda" if tgt.tvm.kind.name == "cuda" else "cpu")
+        reason = unsupported(module, tgt.tensor_device)
         family: KernelFamily | None = None
         if reason is None:
             try:

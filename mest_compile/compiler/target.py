@@ -137,6 +137,12 @@ class Target:
         return family_of(self.preset.family)
 
     @property
+    def tensor_device(self) -> str:
+        """Where PyTorch tensors live for this target's kernels: "cuda" for CUDA, else "cpu"
+        (OpenCL kernels take CPU tensors; our host copies them to the device)."""
+        return "cuda" if self.tvm.kind.name == "cuda" else "cpu"
+
+    @property
     def num_cores(self) -> int:
         """Cores the schedules split work over (1 for GPU targets, which have no such option)."""
         return int(self.tvm.attrs.get("num-cores", 1))

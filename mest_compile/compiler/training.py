@@ -57,7 +57,7 @@ class CompiledKernels(TrainingAlgorithm):
         self.target_name = target if isinstance(target, str) else target.name
         # The CUDA kernels run on the model's own CUDA tensors. (Prebuilt kernels are host functions:
         # their target is the text a board's runtime keeps, without a TVM target kind.)
-        if self.config.prebuilt is None and as_target(target).tvm.kind.name == "cuda":
+        if self.config.prebuilt is None and as_target(target).tensor_device == "cuda":
             if not torch.cuda.is_available():
                 raise MestError("--target cuda trains on a CUDA GPU, and this PyTorch sees none (a CPU build of "
                                 "torch, or no NVIDIA driver): train on the host, or install a CUDA build of torch")

@@ -46,11 +46,6 @@ class OpenCLConvBackend(DeviceConvBackend):
         preset = self.target.preset
         self._functions[geometry] = {which: compile_opencl(mods[which], preset, self.context) for which in PHASES}
 
-    def functions(self, geometry: ConvGeometry) -> dict[str, OpenCLFunction]:
-        """The compiled kernels of `geometry` (built and gated on first use)."""
-        self.ready(geometry)
-        return self._functions[geometry]
-
     def upload(self, tensor: torch.Tensor) -> Buffer:
         """A device copy of `tensor` (counted)."""
         buffer = self.context.buffer(tensor.detach())
