@@ -1,4 +1,4 @@
-"""Atomic file writes: a crash or a full disk never leaves a half-written file in place."""
+"""Atomic file writes (a crash or a full disk never leaves a half-written file in place), and a file lock."""
 
 from __future__ import annotations
 
@@ -69,3 +69,16 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[pathlib.Path]:
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """An exclusive lock on the file `path` across processes, held for the block (created if missing)."""
+    import fcntl
+
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

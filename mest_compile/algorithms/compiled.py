@@ -14,6 +14,8 @@ from mest_compile.train.sections import setting
 from mest_compile.train.events import ALGORITHMS, AlgorithmSpec
 
 FALLBACKS = ("measure", "never")
+#: `--tuning`: off (the hand-written schedules), quick (picked for this CPU on first use, cached).
+TUNINGS = ("off", "quick")
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,9 @@ class CompileConfig:
     fallback: str = setting("measure", "measure: a layer whose compiled kernels are slower than dense stays dense; "
                                        "never")
     work_dir: str | None = setting(None, "tuning records (a `mest-compile tune --work-dir`) the compiled kernels use")
+    # Off until it pays on a CPU we measured (docs/BENCHMARKS.md, "Tuning on first use").
+    tuning: str = setting("off", "quick: each layer's schedules picked for this CPU the first time it is built here "
+                                 "(seconds per layer, cached per machine); off: the hand-written ones")
     # Only --engine tvm runs on a board; the torch engine's kernels run in this process.
     rpc: str | None = setting(None, "--engine tvm on a board: its TVM RPC tracker HOST:PORT, or 'emulated' for the "
                                     "project's emulated aarch64 board", text=True)
@@ -41,6 +46,19 @@ class CompileConfig:
         if self.fallback not in FALLBACKS:
             known = " or ".join(repr(name) for name in FALLBACKS)
             raise MestError(f"fallback must be {known}, got {self.fallback!r}")
+        check_tuning(self.tuning, self.work_dir)
+
+
+def check_tuning(tuning: str, work_dir: str | None) -> None:
+    """Refuse an unknown `--tuning`, or quick tuning beside a `--work-dir` of records.
+
+    Raises:
+        MestError: either, in one line.
+    """
+    if tuning not in TUNINGS:
+        raise MestError(f"--tuning takes {' or '.join(TUNINGS)}, got {tuning!r}")
+    if tuning != "off" and work_dir is not None:
+        raise MestError(f"--tuning {tuning} tunes on first use, --work-dir replays a `mest-compile tune`: give one of them")
 
 
 def _enabled(config: CompileConfig) -> bool:

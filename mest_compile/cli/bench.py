@@ -30,12 +30,14 @@ from mest_compile.io import atomic_write_text
 @click.option("--target", default="host", show_default=True,
               help="target preset (kernels run on this machine); cuda: the GPU kernels against cuDNN")
 @click.option("--work-dir", type=click.Path(file_okay=False), help="use the kernels tuned by `mest-compile tune` here")
+@click.option("--tuning", type=click.Choice(["off", "quick"]), default="off", show_default=True,
+              help="quick: the compiled side's layers tuned for this CPU first (seconds per layer, cached per machine)")
 @click.option("--against", type=click.Choice(["dense", "untuned"]), default="dense", show_default=True,
-              help="untuned: the --work-dir kernels against the hand-written ones (every tuned layer)")
+              help="untuned: the tuned kernels (--work-dir or --tuning quick) against the hand-written ones")
 @click.option("--json", "json_out", is_flag=False, flag_value="-", metavar="[FILE]",
               help="print one JSON object, or write it to FILE (atomically; the cuda bench rewrites it as it goes)")
 def bench(schemes: tuple[str, ...], sparsity: float, model: str, batch: int, reps: int, rounds: int,
-          step_engine: str | None, step: bool, target: str, work_dir: str | None, against: str,
+          step_engine: str | None, step: bool, target: str, work_dir: str | None, tuning: str, against: str,
           json_out: str | None) -> None:
     """Time every distinct sparse layer (forward, input and weight gradient) and a training step.
 
@@ -43,13 +45,18 @@ def bench(schemes: tuple[str, ...], sparsity: float, model: str, batch: int, rep
     Examples:
       mest-compile bench --scheme block --sparsity 0.9
       mest-compile bench --work-dir tuned/host-block --against untuned
+      mest-compile bench --scheme block --tuning quick --against untuned
       mest-compile bench --target cuda --json gpu_bench.json
     """
     from mest_compile.compiler.bench.run import format_bench, run_bench
     from mest_compile.compiler.target import as_target
+    from mest_compile.algorithms.compiled import check_tuning
     from mest_compile.compiler.tune.records import use_records
 
+    check_tuning(tuning, work_dir)
     if as_target(target).tvm.kind.name == "cuda":
+        if tuning != "off":
+            raise MestError("--tuning quick tunes for this CPU; the cuda bench takes --work-dir records")
         _gpu_bench(schemes, sparsity, model, batch, reps, rounds, step_engine, step, target, work_dir, against,
                    json_out)
         return
@@ -59,14 +66,14 @@ def bench(schemes: tuple[str, ...], sparsity: float, model: str, batch: int, rep
     step_engine = step_engine or "tvm"
 
     if against == "untuned":
-        from mest_compile.compiler.bench.tuned import (
-            format_tuned_bench,
-            run_tuned_bench,
-        )
+        from mest_compile.compiler.bench.run import IMAGE
+        from mest_compile.compiler.bench.tuned import format_tuned_bench, run_quick_bench, run_tuned_bench
+        from mest_compile.sparsity.schemes import get_scheme
 
-        if work_dir is None:
-            raise MestError("--against untuned compares the kernels tuned in --work-dir: give --work-dir")
-        tuned = run_tuned_bench(work_dir, reps=reps)
+        if work_dir is None and tuning == "off":
+            raise MestError("--against untuned compares tuned kernels: give --work-dir or --tuning quick")
+        tuned = (run_tuned_bench(work_dir, reps=reps) if work_dir is not None else
+                 run_quick_bench(get_scheme(scheme).name, sparsity, model, batch, IMAGE, reps=reps))
         _emit(tuned, json_out, format_tuned_bench)
         return
     if work_dir is not None:
@@ -75,7 +82,7 @@ def bench(schemes: tuple[str, ...], sparsity: float, model: str, batch: int, rep
     if reps < 1 or rounds < 1:
         raise MestError(f"--reps and --rounds must be at least 1, got {reps} and {rounds}")
     result = run_bench(scheme, sparsity, model=model, batch=batch, reps=reps, step=step, target=target,
-                       rounds=rounds, step_engine=step_engine, work_dir=work_dir)
+                       rounds=rounds, step_engine=step_engine, work_dir=work_dir, tuning=tuning)
     _emit(result, json_out, format_bench)
 
 

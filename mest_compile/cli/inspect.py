@@ -24,9 +24,11 @@ from mest_compile.errors import MestError
               help="sparse structure as runtime parameters or baked-in constants")  # fmt: skip
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="write every artifact (and report.html) here")
 @click.option("--work-dir", type=click.Path(file_okay=False), help="show the kernels tuned by `mest-compile tune` here")
+@click.option("--tuning", type=click.Choice(["off", "quick"]), default="off", show_default=True,
+              help="quick: show the host kernels as tuned for this CPU (searched on first use, cached per machine)")
 def inspect(model: str | None, profile: str | None, sparsity: float | None, scheme: str, shape: str | None,
             input_shape: str | None, stride: int, padding: int, target: str, show: tuple[str, ...], mode: str,
-            out_dir: str | None, work_dir: str | None) -> None:
+            out_dir: str | None, work_dir: str | None, tuning: str) -> None:
     """Show what the compiler makes of a sparse model or layer at a target (no hardware needed).
 
     \b
@@ -38,11 +40,10 @@ def inspect(model: str | None, profile: str | None, sparsity: float | None, sche
         inspect_subject, layer_subject, model_subject, parse_show, render_text, write_artifacts,
     )  # fmt: skip
 
-    from mest_compile.compiler.tune.records import use_records
+    from mest_compile.compiler.tune.machine import use_tuning
 
     sections = parse_show(show)
-    if work_dir is not None:
-        use_records(work_dir)
+    use_tuning(work_dir, tuning)
     if (model is None) == (shape is None):
         raise MestError("give --model (with --profile or --sparsity) or one layer's --shape, not both")
     if shape is not None:

@@ -22,11 +22,11 @@ def prebuild(config_file: str | None, out: str, **flags: Any) -> None:
     """Build a run's sparse kernels for --target (e.g. arm) into a folder that `train --compiled --prebuilt` loads."""
     from mest_compile.compiler.prebuilt import prebuild as build_into
     from mest_compile.compiler.target import as_target
-    from mest_compile.compiler.tune.records import TuningRecords
+    from mest_compile.compiler.tune.machine import records_for
 
     config = TrainConfig.load(config_file, flags)
     target = as_target(config.compile.target)
-    records = TuningRecords(config.compile.work_dir) if config.compile.work_dir is not None else None
+    records = records_for(config.compile.work_dir, config.compile.tuning)
     folder = pathlib.Path(out)
     with atomic_directory(folder) as work, run_without_directory(config) as trainer:
         manifest = build_into(trainer.model, trainer.data.train_x[: config.optim.batch_size], target, work,

@@ -18,7 +18,7 @@ from mest_compile.compiler.api import compile_model
 from mest_compile.compiler.prebuilt import load_prebuilt
 from mest_compile.compiler.runtime.cache import CACHE, quiet_torch_threads
 from mest_compile.compiler.target import as_target
-from mest_compile.compiler.tune.records import TuningRecords
+from mest_compile.compiler.tune.machine import records_for
 from mest_compile.train.events import TrainingAlgorithm
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ class CompiledKernels(TrainingAlgorithm):
     def setup(self, trainer: Trainer) -> None:
         """Compile (or reuse) each layer's kernels now, timed on one training batch."""
         # Handed to the layers' backends, which build with them whenever a new input size appears.
-        records = TuningRecords(self.config.work_dir) if self.config.work_dir is not None else None
+        records = records_for(self.config.work_dir, self.config.tuning)
         target: Any = self.config.target
         if self.config.prebuilt is not None:
             target = load_prebuilt(self.config.prebuilt).target

@@ -46,6 +46,8 @@ def assert_user_error(args: list[str], needle: str) -> None:
         (["--dataset", "imagenet"], "'imagenet'"),
         (["--model", "vgg99"], "'vgg99'"),
         (["--compat", "everything"], "'everything'"),
+        (["--compiled", "--tuning", "deep"], "--tuning takes off or quick"),
+        (["--compiled", "--tuning", "quick", "--work-dir", "tuned"], "give one of them"),
         (["--scheme", "pattern", "--model", "resnet32", "--profile", "erk", "--sparsity", "0.95"], None),
     ],
 )

@@ -22,6 +22,7 @@ from typing import IO, Any
 
 from mest_compile.compiler.bench.layers import distinct_layers
 from mest_compile.compiler.bench.worker import STEP_ENGINES
+from mest_compile.compiler.cpu import cpu_name
 from mest_compile.errors import MestError, last_output_line
 from mest_compile.sparsity.schemes import check_sparsity, get_scheme
 
@@ -86,7 +87,7 @@ def user_environment() -> dict[str, str]:
 
 def run_bench(scheme: str, sparsity: float = 0.9, *, model: str = "resnet32", batch: int = 64, reps: int = 30,
               step: bool = True, target: str = "host", seed: int = 0, rounds: int = 4,
-              step_engine: str = "tvm", work_dir: str | None = None) -> dict[str, Any]:
+              step_engine: str = "tvm", work_dir: str | None = None, tuning: str = "off") -> dict[str, Any]:
     """Benchmark `scheme` at `sparsity`; the result is what `mest-compile bench --json` prints.
 
     Args:
@@ -94,6 +95,7 @@ def run_bench(scheme: str, sparsity: float = 0.9, *, model: str = "resnet32", ba
         rounds: timed rounds of each side, after one warm-up round each.
         step_engine: the compiled step: "tvm" (`--engine tvm`) or "torch" (`--compiled`).
         work_dir: tuning records (`mest-compile tune --work-dir`) the compiled side builds with.
+        tuning: `--tuning` of the compiled side (quick: its layers tuned for this CPU first, cached).
     """
     name = get_scheme(scheme).name
     sparsity = check_sparsity(sparsity)
@@ -102,7 +104,7 @@ def run_bench(scheme: str, sparsity: float = 0.9, *, model: str = "resnet32", ba
              for c in distinct_layers(model, name, batch, IMAGE)]
     spec = {"scheme": name, "sparsity": sparsity, "model": model, "batch": batch, "reps": reps, "seed": seed,
             "step": step, "step_reps": max(4, reps // 4), "image": list(IMAGE), "target": target,
-            "step_engine": step_engine, "work_dir": work_dir, "cases": cases}
+            "step_engine": step_engine, "work_dir": work_dir, "tuning": tuning, "cases": cases}
     samples: dict[str, list[dict[str, Any]]] = {"dense": [], "compiled": []}
     with _sides(spec) as (dense, compiled):
         facts = {"dense": dense.read(), "compiled": compiled.read()}
@@ -156,20 +158,6 @@ def _summarise(spec: dict[str, Any], facts: dict[str, Any], samples: dict[str, l
         result["step"] = {"model": spec["model"], "batch": spec["batch"], "engine": spec["step_engine"],
                           "dense_ms": round(d, 1), "sparse_ms": round(c, 1), "speedup": round(d / c, 2)}
     return result
-
-
-def cpu_name() -> str:
-    """The CPU's model name (every recorded number names it)."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 def format_bench(result: dict[str, Any]) -> str:

@@ -28,7 +28,7 @@ from mest_compile.compiler.families import family_for
 from mest_compile.compiler.formats.geometry import ConvGeometry
 from mest_compile.compiler.runtime.cache import kernels_for, quiet_torch_threads
 from mest_compile.compiler.target import as_target
-from mest_compile.compiler.tune.records import use_records
+from mest_compile.compiler.tune.machine import use_tuning
 from mest_compile.registry import Registry
 
 #: The compiled training step a benchmark times, by `--step-engine`: spec -> one step.
@@ -42,7 +42,7 @@ def _tvm_step(spec: Mapping[str, Any], x: torch.Tensor, y: torch.Tensor) -> Thun
 
     config = TrainConfig(dataset="synthetic", model=spec["model"], scheme=spec["scheme"], sparsity=spec["sparsity"],
                          batch_size=spec["batch"], epochs=1, seed=spec["seed"], engine="tvm", target=spec["target"],
-                         work_dir=spec["work_dir"])
+                         work_dir=spec["work_dir"], tuning=spec["tuning"])
     trainer = Trainer(config, tempfile.mkdtemp(prefix="bench-step-"))
     trainer.data = dataclasses.replace(trainer.data, train_x=x, train_y=y, test_x=x, test_y=y)
     trainer.model.train()
@@ -61,7 +61,7 @@ def _torch_step(spec: Mapping[str, Any], x: torch.Tensor, y: torch.Tensor) -> Th
 
 def compiled_side(spec: Mapping[str, Any]) -> tuple[Callable[[], dict[str, Any]], dict[str, Any]]:
     """The compiled side of `spec`: its round and its set-up facts (build seconds)."""
-    use_records(spec["work_dir"])
+    use_tuning(spec["work_dir"], spec["tuning"])
     quiet_torch_threads()  # as compiled training does: PyTorch's workers must not spin beside the kernels
     target, family = as_target(spec["target"]), family_for(spec["scheme"])
     layers: dict[str, dict[str, Thunk]] = {}

@@ -20,7 +20,6 @@ crashed or concurrent run never leaves a half-built image behind.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -29,13 +28,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from mest_compile.compiler.devices.toolchain import APT_GET, DPKG_DEB, QEMU_AARCH64, require
 from mest_compile.errors import MestError
+from mest_compile.io import exclusive_lock
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +150,7 @@ def provision_board(cache_dir: Path | None = None, with_torch: bool = False) -> 
     if _complete(image):
         return image
     base.mkdir(parents=True, exist_ok=True)
-    with _exclusive(base / ".lock"):
+    with exclusive_lock(base / ".lock"):
         if _complete(image):  # another process built it while we waited for the lock
             return image
         require(APT_GET)
@@ -174,16 +173,6 @@ def provision_board(cache_dir: Path | None = None, with_torch: bool = False) -> 
 
 def _complete(image: BoardImage) -> bool:
     return (image.path / "image.json").is_file()
-
-
-@contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    with open(lock_path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _remove_stale(base: Path, keep: str) -> None:

@@ -26,7 +26,8 @@ from mest_compile.compiler.step.device import StepDevice, step_device
 from mest_compile.compiler.step.state import momentum_of, pack_tensor, unpack_tensor
 from mest_compile.compiler.step.trace import TracedStep
 from mest_compile.compiler.target import Target, as_target
-from mest_compile.compiler.tune.records import TuningRecords
+from mest_compile.compiler.runtime.records import TunedChoices
+from mest_compile.compiler.tune.machine import records_for
 from mest_compile.errors import MestError
 from mest_compile.train.engine import StepEngine
 
@@ -48,7 +49,7 @@ class TvmEngine(StepEngine):
         self.build_seconds = 0.0
         self.target: Target | None = None
         self.sgd: Sgd | None = None
-        self.records: TuningRecords | None = None
+        self.records: TunedChoices | None = None
         self._traces: dict[tuple[int, ...], TracedStep] = {}
         self._steps: dict[tuple[int, ...], BuiltStep] = {}
         self._vms: dict[tuple[int, ...], Any] = {}
@@ -79,7 +80,7 @@ class TvmEngine(StepEngine):
         self.sgd = Sgd.of(cfg.optim.optimizer, trainer.optimizer, "--engine tvm", "; it runs on --engine torch")
         self.target = as_target(cfg.compile.target)
         self.device = step_device(self.target, cfg.compile.rpc, cfg.compile.rpc_key)
-        self.records = TuningRecords(cfg.compile.work_dir) if cfg.compile.work_dir is not None else None
+        self.records = records_for(cfg.compile.work_dir, cfg.compile.tuning)
 
     def begin_epoch(self, trainer: Trainer) -> None:
         """Repack or rebuild for changed masks, then push the model's state into the step's arrays."""

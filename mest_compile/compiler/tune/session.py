@@ -11,6 +11,11 @@ never slower than it.
 
 The runner's hooks find a candidate's real inputs by its argument signature; variants whose
 inputs differ but whose signatures coincide go to separate rounds.
+
+The quick search (`TuneOptions.exhaustive`, the per-machine tuning on first use) skips the
+evolutionary search: every variant in every design space is built and timed once in this process
+(`candidates.InProcessBench`), then paired re-measurement picks as above. Its records are the same
+MetaSchedule database and manifest.
 """
 
 from __future__ import annotations
@@ -26,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tvm
 from tvm import s_tir
 from tvm.s_tir import meta_schedule as ms
 
@@ -34,6 +38,7 @@ from mest_compile.compiler.families import KernelFamily, family_for
 from mest_compile.compiler.target import Target
 from mest_compile.schedules.host_space import Space, as_generator
 from mest_compile.compiler.tune import measure
+from mest_compile.compiler.tune.candidates import CandidateBench, InProcessBench, MetaScheduleBench, Variant
 from mest_compile.compiler.tune.measurements import MEASUREMENTS, MeasureOptions
 from mest_compile.compiler.tune.records import (
     empty_manifest,
@@ -62,6 +67,12 @@ class TuneOptions:
     trials: int  # the records' total over all kernels of the run: a re-run only adds what is missing
     variants: int = 8  # template variants per kernel (where the target family searches them: CPUs)
     seed: int = 0
+    # Every variant x design space measured once instead of MetaSchedule's evolutionary search (with
+    # `trials` ignored): the quick per-machine tuning, a few dozen candidates per layer at most.
+    exhaustive: bool = False
+    # Paired re-measurement of the hand-written schedule and the best records (`Tuner._verify`).
+    verify_top: int = 3
+    verify_rounds: int = 3
     measure: MeasureOptions = field(default_factory=MeasureOptions)
 
 
@@ -74,18 +85,6 @@ class KernelResult:
     tuned_s: float | None
     trials: int
     best_tiles: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class _Variant:
-    kernel: TuneKernel
-    tiles: Any
-    module: tvm.IRModule
-    shapes: list[Any]
-    inputs_path: str
-    signature: str
-    digest: str
-    flops: int
 
 
 ProgressFn = Callable[[str], None]
@@ -137,16 +136,16 @@ class Tuner:
         self.inputs_dir = self.work_dir / "inputs"
 
     # ---- what is searched ---------------------------------------------------------------------
-    def _spaces(self, v: _Variant) -> list[Space]:
+    def _spaces(self, v: Variant) -> list[Space]:
         return self.kind.spaces(v.module["main"], v.kernel.which, self.where)
 
-    def _default(self, v: _Variant) -> s_tir.Schedule:
+    def _default(self, v: Variant) -> s_tir.Schedule:
         """The hand-written schedule of `v`, traced (what training and export use untuned)."""
         sch = s_tir.Schedule(v.module)
         self.kind.default_schedule(sch, v.kernel.which)
         return sch
 
-    def _variants(self, family: KernelFamily, kernel: TuneKernel) -> list[_Variant]:
+    def _variants(self, family: KernelFamily, kernel: TuneKernel) -> list[Variant]:
         default = family.default_tiles(kernel.geometry, self.where)
         searched = self.kind.searches_variants
         choices = variants(family, kernel, default, self.options.variants) if searched else [default]
@@ -158,12 +157,12 @@ class Tuner:
             digest = hashlib.sha1(b"".join(a.contiguous().numpy().tobytes() for a in data.args[:-1])).hexdigest()
             path = data.save(self.inputs_dir / f"{kernel.name}-{digest[:12]}.npz")
             module = workload(family, kernel, tiles, shapes, data.flops, self.kind)
-            out.append(_Variant(kernel, tiles, module, shapes, str(path),
+            out.append(Variant(kernel, tiles, module, shapes, str(path),
                                 measure.signature([(d, s) for s, d in shapes]), digest, data.flops))
         return out
 
-    def _kernels(self, kernels: list[TuneKernel]) -> tuple[dict[str, list[_Variant]], dict[str, KernelFamily]]:
-        by_kernel: dict[str, list[_Variant]] = {}
+    def _kernels(self, kernels: list[TuneKernel]) -> tuple[dict[str, list[Variant]], dict[str, KernelFamily]]:
+        by_kernel: dict[str, list[Variant]] = {}
         families: dict[str, KernelFamily] = {}
         for kernel in kernels:
             family = families.setdefault(kernel.scheme, family_for(kernel.scheme))
@@ -180,9 +179,9 @@ class Tuner:
         return self.kind.untunable(kernel.which) or self.kind.unsupported(family, kernel.which)
 
     @staticmethod
-    def _rounds(all_variants: list[_Variant]) -> list[list[_Variant]]:
+    def _rounds(all_variants: list[Variant]) -> list[list[Variant]]:
         """Split variants so that within a round one signature always means the same inputs."""
-        rounds: list[tuple[dict[str, str], list[_Variant]]] = []
+        rounds: list[tuple[dict[str, str], list[Variant]]] = []
         for v in all_variants:
             for seen, members in rounds:
                 if seen.get(v.signature, v.digest) == v.digest:
@@ -194,37 +193,7 @@ class Tuner:
         return [members for _, members in rounds]
 
     # ---- measuring ----------------------------------------------------------------------------
-    def _build(self, v: _Variant, trace: s_tir.Trace, builder: Any) -> str | None:
-        """Build `v` scheduled by `trace`; the artifact path, or None (said why)."""
-        sch = s_tir.Schedule(v.module)
-        trace.apply_to_schedule(sch, remove_postproc=False)
-        (built,) = builder.build([ms.builder.BuilderInput(sch.mod, self.target)])
-        if built.error_msg:
-            self.progress(f"  {v.kernel.name}: a schedule did not build: {built.error_msg.strip().splitlines()[-1]}")
-            return None
-        return str(built.artifact_path)
-
-    def _run(self, v: _Variant, artifact: str, runners: dict[tuple[str, str], Any]) -> list[float] | None:
-        """One measurement of a built candidate: its run times, or None (said why).
-
-        `runners` caches one runner per input file, shared across calls.
-        """
-        key = (v.signature, v.inputs_path)
-        if key not in runners:
-            runners[key] = self.measurement.runner(self.preset, self.options.measure, {v.signature: v.inputs_path})
-        runner = runners[key]
-        info = ms.arg_info.ArgInfo.from_prim_func(v.module["main"])
-        device = self.target.kind.name if self.target.kind.name != "llvm" else "cpu"
-        (future,) = runner.run([ms.runner.RunnerInput(artifact, device, info)])
-        result = future.result()
-        if result.error_msg or not result.run_secs:
-            last = (result.error_msg or "no timing").strip().splitlines()[-1]
-            self.progress(f"  {v.kernel.name}: a measurement failed: {last}")
-            return None
-        return [float(s) for s in result.run_secs]
-
-    def _verify(self, vs: list[_Variant], builder: Any, runners: dict[tuple[str, str], Any], top: int = 3,
-                rounds: int = 3) -> None:
+    def _verify(self, vs: list[Variant], bench: CandidateBench, top: int = 3, rounds: int = 3) -> None:
         """Pick each kernel's schedule from paired measurements: the hand-written one and the best records.
 
         A search measures every candidate once, at different moments; on a shared machine a
@@ -247,11 +216,11 @@ class Tuner:
                 continue
             seen.add((i, str(trace)))
             candidates.append((i, trace))
-        built = [(i, trace, self._build(vs[i], trace, builder)) for i, trace in candidates]
+        built = [(i, trace, bench.build(vs[i], trace)) for i, trace in candidates]
         times: dict[int, list[float]] = {k: [] for k in range(len(built))}
         for _ in range(rounds):
             for k, (i, _, artifact) in enumerate(built):
-                secs = self._run(vs[i], artifact, runners) if artifact is not None else None
+                secs = bench.time(vs[i], artifact) if artifact is not None else None
                 if secs is not None:
                     times[k].append(_median(secs))
         medians = {k: _median(t) for k, t in times.items() if t}
@@ -272,7 +241,7 @@ class Tuner:
         base = f"untuned {1e6 * entry['untuned_s']:.1f} us, " if entry.get("untuned_s") else ""
         self.progress(f"  {kernel.name}: {base}tuned {1e6 * medians[chosen]:.1f} us (paired re-measurement)")
 
-    def _best(self, v: _Variant) -> tuple[float | None, int]:
+    def _best(self, v: Variant) -> tuple[float | None, int]:
         """Median time of `v`'s best record and how many records it has."""
         if not self.database.has_workload(v.module):
             return None, 0
@@ -286,27 +255,51 @@ class Tuner:
         """Search every kernel; returns the summary rows (also written to the manifest)."""
         try:
             by_kernel, families = self._kernels(kernels)
+            if self.options.exhaustive:
+                return self._enumerate(by_kernel, families)
             done = sum(self._best(v)[1] for vs in by_kernel.values() for v in vs)
             budget = max(0, self.options.trials - done)
             self.progress(f"{len(by_kernel)} kernels, {sum(map(len, by_kernel.values()))} variants; "
                           f"{done} trials in {self.work_dir} already, {budget} to run")
             rounds = self._rounds([v for vs in by_kernel.values() for v in vs])
-            builder = self.measurement.builder(self.preset, self.options.measure)
+            bench = MetaScheduleBench(self.target, self.progress, self.measurement, self.preset, self.options.measure)
             progress = _Progress(self.progress, budget)
             searched = budget > 0
             for index, members in enumerate(rounds):
                 share = budget * len(members) // max(1, sum(map(len, rounds[index:])))
                 budget -= share
-                self._round(members, builder, share, progress)
-            runners: dict[tuple[str, str], Any] = {}
+                self._round(members, bench.builder, share, progress)
             for vs in by_kernel.values():
                 if searched or "trace" not in self._entry(vs[0].kernel):
-                    self._verify(vs, builder, runners)
+                    self._verify(vs, bench, self.options.verify_top, self.options.verify_rounds)
             return self._summarise(by_kernel, families)
         finally:
             shutil.rmtree(self.inputs_dir, ignore_errors=True)  # regenerated (seeded) on a re-run
 
-    def _round(self, members: list[_Variant], builder: Any, trials: int, progress: _Progress) -> None:
+    def _enumerate(self, by_kernel: dict[str, list[Variant]], families: dict[str, KernelFamily]) -> list[KernelResult]:
+        """Measure every variant in every design space once (checked), then pick by paired re-measurement.
+
+        Kernels the work dir already pinned are left as they are: a re-run measures only new layers.
+        """
+        bench = InProcessBench(self.target, self.progress, self.options.measure)
+        for vs in by_kernel.values():
+            if "trace" in self._entry(vs[0].kernel):
+                continue
+            for v in vs:
+                workload = self.database.commit_workload(v.module)
+                info = ms.arg_info.ArgInfo.from_prim_func(v.module["main"])
+                for space in self._spaces(v):
+                    sch = s_tir.Schedule(v.module)
+                    space(sch)
+                    artifact = bench.build(v, sch.trace)
+                    secs = bench.time(v, artifact) if artifact is not None else None
+                    if secs is not None:  # the runner checked the output against PyTorch's
+                        self.database.commit_tuning_record(
+                            ms.database.TuningRecord(sch.trace, workload, secs, self.target, info))
+            self._verify(vs, bench, self.options.verify_top, self.options.verify_rounds)
+        return self._summarise(by_kernel, families)
+
+    def _round(self, members: list[Variant], builder: Any, trials: int, progress: _Progress) -> None:
         if trials <= 0:
             return
         runner = self.measurement.runner(self.preset, self.options.measure, {v.signature: v.inputs_path for v in members})
@@ -340,7 +333,7 @@ class Tuner:
         entry.setdefault("untuned_s", None)
         return entry
 
-    def _summarise(self, by_kernel: dict[str, list[_Variant]], families: dict[str, KernelFamily]) -> list[KernelResult]:
+    def _summarise(self, by_kernel: dict[str, list[Variant]], families: dict[str, KernelFamily]) -> list[KernelResult]:
         rows = []
         for vs in by_kernel.values():
             kernel = vs[0].kernel
