@@ -34,6 +34,10 @@ class BackendStats:
     rebuilds: int = 0  # mutations that needed fresh buffers (overflow, padding, drift)
     overflows: int = 0
     dense_calls: int = 0  # calls that ran the masked dense conv (gate failure)
+    # Training forwards whose backward skips a kernel: a frozen weight needs no weight gradient,
+    # an input below the first trainable layer no input gradient.
+    wgrad_skipped: int = 0
+    dgrad_skipped: int = 0
 
     def to_dict(self) -> dict[str, int]:
         """JSON-ready counts."""
@@ -110,6 +114,9 @@ class CompiledConvBackend:
         if self.failure is not None:
             self.stats.dense_calls += 1
             return module._conv_forward(x, module.weight * module.mask, module.bias)
+        if module.training and torch.is_grad_enabled():
+            self.stats.wgrad_skipped += not module.weight.requires_grad
+            self.stats.dgrad_skipped += not x.requires_grad
         y = kernels.conv(x, module.weight, self._format(module, kernels))
         if module.bias is not None:
             y = y + module.bias[None, :, None, None]
