@@ -72,7 +72,8 @@ class TrainingFlops(TrainingAlgorithm):
         # A closure, not a bound method: a deep copy of the model (AGC's snapshot) keeps the
         # same function, so the copy's passes are counted here too.
         def hook(module: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-            if module.training:
+            # A trace (the TVM engine's torch.export of the step) executes nothing: not counted.
+            if module.training and not torch.compiler.is_compiling():
                 self.observe(name, module, inputs[0], output)
 
         return hook
