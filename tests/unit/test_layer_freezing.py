@@ -62,21 +62,21 @@ def test_unfreezing_trains_again(tmp_path: pathlib.Path) -> None:
                       tmp_path)
     before = trainer.model.features.conv1.weight.detach().clone()
     trainer.fit()
-    assert [r["frozen"] for r in trainer.history] == [0, 3, 0]
+    assert [r["frozen"] for r in trainer.history] == [0, 2, 0]
     assert all(p.requires_grad for p in trainer.model.parameters())
     assert not torch.equal(before, trainer.model.features.conv1.weight)
 
 
 def test_freezing_every_sparse_layer_while_mutating_is_refused(tmp_path: pathlib.Path) -> None:
     with pytest.raises(MestError, match="frozen every sparse layer at epoch 1"):
-        Trainer(TrainConfig(**CONFIG, freeze="single-shot", freeze_start_epoch=1), tmp_path)
+        Trainer(TrainConfig(**CONFIG, freeze="single-shot", freeze_start_epoch=1, freeze_depth=3), tmp_path)
 
 
 @pytest.mark.parametrize(("flags", "needle"), [
     (["--freeze", "sometimes"], "'sometimes'"),
     (["--freeze", "progressive", "--freeze-interval", "0"], "freeze_interval"),
     (["--freeze", "single-shot", "--freeze-depth", "4"], "leaves nothing to train"),
-    (["--freeze", "single-shot", "--freeze-start-epoch", "0", "--lower-bound", "0.9", "--upper-bound", "0.9",
+    (["--freeze", "single-shot", "--freeze-depth", "3", "--freeze-start-epoch", "0", "--lower-bound", "0.9", "--upper-bound", "0.9",
       "--mask-update-decay-epoch", "3"], "Elastic Mutation"),
 ])
 def test_cli_refusals_are_one_line_exit_2(refused_train: Callable[[list[str], str], None], flags: list[str],

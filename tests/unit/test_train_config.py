@@ -27,8 +27,8 @@ OLD_FLAT = {
 }
 # Settings added since, with their defaults (runs without them read as before).
 ADDED = {"engine": "torch", "rpc": None, "rpc_key": None, "prebuilt": None,
-         "freeze": None, "freeze_start_epoch": None, "freeze_interval": 2, "freeze_unit": "block", "freeze_depth": None,
-         "data_sieving": None, "sieving_interval": 5, "partial_ratio": 0.8, "sieving_criterion": "forgetting",
+         "freeze": None, "freeze_start_epoch": None, "freeze_interval": 4, "freeze_unit": "block", "freeze_depth": None,
+         "data_sieving": None, "sieving_interval": 5, "partial_ratio": 0.75, "sieving_criterion": "forgetting",
          "agc": False, "agc_gamma": 0.1, "agc_ema": 0.3}
 
 
