@@ -28,6 +28,15 @@ def test_schedules(name: str, frozen: list[int]) -> None:
     assert [SCHEDULES.get(name)(epoch, 2, 2, 3) for epoch in range(8)] == frozen
 
 
+def test_yaml_sections_and_flat_keys_build_the_same_config(tmp_path: pathlib.Path) -> None:
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("freezing: {freeze: periodic, freeze_interval: 3}\nsieving: {data_sieving: 0.1}\n"
+                      "gradient_correction: {agc: true, agc_gamma: 0.2}\n")
+    flat = TrainConfig(freeze="periodic", freeze_interval=3, data_sieving=0.1, agc=True, agc_gamma=0.2)
+    assert TrainConfig.load(nested, {}) == flat
+    assert flat.freezing.freeze == "periodic" and flat.sieving.data_sieving == 0.1 and flat.gradient_correction.agc
+
+
 def test_units_are_blocks_or_layers() -> None:
     resnet = freezing_units(build_model("resnet32", num_classes=10, in_channels=3), "block")
     assert len(resnet) == 1 + 15 + 1  # stem conv+bn, 15 residual blocks, the classifier
