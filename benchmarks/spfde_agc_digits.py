@@ -32,13 +32,15 @@ DEMO = pathlib.Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 SPFDE = dict(freeze="progressive", data_sieving=0.2)
 # 70% of 30 epochs; the demo's stage boundaries 17-23 scaled by 0.7.
 SHORT = dict(epochs=21, mask_update_decay_epoch="12-16")
-VARIANTS: dict[str, dict[str, Any]] = {"mest": {}, "mest+spfde": SPFDE, "mest@21": SHORT,
+VARIANTS: dict[str, dict[str, Any]] = {"mest": {}, "mest+spfde": SPFDE, "mest+freeze": {"freeze": "progressive"},
+                                       "mest+sieve": {"data_sieving": 0.2}, "mest@21": SHORT,
                                        "mest+agc@21": {**SHORT, "agc": True}, "mest+agc": {"agc": True}}
 
 
-def run(name: str, seed: int, out: pathlib.Path) -> dict[str, Any]:
+def run(name: str, seed: int, out: pathlib.Path, compiled: bool) -> dict[str, Any]:
     """One training run; its summary numbers."""
-    settings = {**yaml.safe_load(DEMO.read_text()), **VARIANTS[name], "seed": seed, "threads": 1}
+    kernels = {"compiled": True, "fallback": "never"} if compiled else {}
+    settings = {**yaml.safe_load(DEMO.read_text()), **VARIANTS[name], **kernels, "seed": seed, "threads": 1}
     run_dir = out / f"{name}-{seed}"
     shutil.rmtree(run_dir, ignore_errors=True)
     trainer = Trainer(TrainConfig.from_dict(settings), run_dir)
@@ -48,21 +50,23 @@ def run(name: str, seed: int, out: pathlib.Path) -> dict[str, Any]:
     return {"final_test_acc": summary["final_test_acc"], "training_flops": summary["training_flops"],
             "dense_equivalent_flops": summary["dense_equivalent_flops"],
             "seconds": sum(r["seconds"] for r in trainer.history), "cpu_seconds": cpu,
-            "test_acc_by_epoch": [r["test_acc"] for r in trainer.history]}
+            "test_acc_by_epoch": [r["test_acc"] for r in trainer.history],
+            "kernels_skipped": {key: (summary["kernels"] or {}).get(key) for key in ("wgrad_skipped", "dgrad_skipped")}}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/spfde_agc"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[914, 915, 916])
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["mest", *VARIANTS])
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--compiled", action="store_true", help="sparse layers on compiled TVM kernels")
     args = parser.parse_args()
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in dict.fromkeys(args.variants)}
     for seed in args.seeds:  # interleaved, so a busy machine slows every variant alike
         for name in results:
-            results[name].append(run(name, seed, args.out))
+            results[name].append(run(name, seed, args.out, args.compiled))
             atomic_write_text(args.out / "results.json", json.dumps(results, indent=1))
-    target = statistics.mean(r["final_test_acc"] for r in results["mest"])
+    target = statistics.mean(r["final_test_acc"] for r in results.get("mest", next(iter(results.values()))))
     for name, runs in results.items():
         acc = statistics.mean(r["final_test_acc"] for r in runs)
         flops = statistics.mean(r["training_flops"] for r in runs)
