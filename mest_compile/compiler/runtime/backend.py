@@ -20,24 +20,21 @@ from mest_compile.compiler.runtime.compiled import CompiledKernels
 from mest_compile.compiler.runtime.gate import KernelGateError
 from mest_compile.compiler.runtime.policy import RecompilePolicy, refill
 from mest_compile.compiler.runtime.records import TunedChoices, current_records
+from mest_compile.compiler.runtime.skipped import SkippedKernels
 from mest_compile.compiler.target import Target
 from mest_compile.errors import MestError
 from mest_compile.sparsity.module import SparseConv2d
 
 
 @dataclass
-class BackendStats:
-    """What one layer's backend did."""
+class BackendStats(SkippedKernels):
+    """What one layer's backend did (and the backward kernels it did not need to run)."""
 
     packs: int = 0
     repacks: int = 0  # mutations absorbed in place
     rebuilds: int = 0  # mutations that needed fresh buffers (overflow, padding, drift)
     overflows: int = 0
     dense_calls: int = 0  # calls that ran the masked dense conv (gate failure)
-    # Training forwards whose backward skips a kernel: a frozen weight needs no weight gradient,
-    # an input below the first trainable layer no input gradient.
-    wgrad_skipped: int = 0
-    dgrad_skipped: int = 0
 
     def to_dict(self) -> dict[str, int]:
         """JSON-ready counts."""
@@ -114,9 +111,7 @@ class CompiledConvBackend:
         if self.failure is not None:
             self.stats.dense_calls += 1
             return module._conv_forward(x, module.weight * module.mask, module.bias)
-        if module.training and torch.is_grad_enabled():
-            self.stats.wgrad_skipped += not module.weight.requires_grad
-            self.stats.dgrad_skipped += not x.requires_grad
+        self.stats.observe(module, x)
         y = kernels.conv(x, module.weight, self._format(module, kernels))
         if module.bias is not None:
             y = y + module.bias[None, :, None, None]
