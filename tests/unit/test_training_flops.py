@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import pathlib
+from collections.abc import Iterator
 
+import pytest
 import torch
+import torch.nn.functional as F
 
 from mest_compile.train.config import TrainConfig
+from mest_compile.train.engine import ENGINES, StepEngine
 from mest_compile.train.loop import Trainer
 
 CONFIG = dict(dataset="digits", model="small_cnn", scheme="irregular", sparsity=0.9, epochs=1, batch_size=256, seed=5)
@@ -63,3 +68,34 @@ def test_evaluation_is_not_counted(tmp_path: pathlib.Path) -> None:
         trainer.model.eval()
         trainer.model(trainer.data.train_x[:4])
     assert trainer.summary()["training_flops"] == 0
+
+
+class _Elsewhere(StepEngine):
+    """Computes each step on a copy of the model without hooks, as `--engine tvm` computes it in TVM."""
+
+    name = "elsewhere"
+
+    def setup(self, trainer: Trainer) -> None:
+        self.copy = copy.deepcopy(trainer.model)
+        for module in self.copy.modules():
+            module._forward_hooks.clear()
+
+    def step(self, trainer: Trainer, x: torch.Tensor, y: torch.Tensor, step: int, last: bool) -> tuple[float, torch.Tensor]:
+        logits = self.copy(x)
+        F.cross_entropy(logits, y).backward()
+        return 0.0, logits.detach()
+
+
+@pytest.fixture
+def elsewhere() -> Iterator[None]:
+    ENGINES.add("elsewhere", _Elsewhere)
+    try:
+        yield
+    finally:
+        ENGINES.remove("elsewhere")
+
+
+def test_a_step_without_a_pytorch_forward_is_counted_from_the_masks(elsewhere: None, tmp_path: pathlib.Path) -> None:
+    trainer = Trainer(TrainConfig(**CONFIG, engine="elsewhere"), tmp_path)
+    summary = trainer.fit()
+    assert summary["training_flops_by_layer"] == _hand_count(trainer)
