@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 
 from mest_compile.errors import MestError
@@ -142,12 +143,12 @@ class LayerFreezing(TrainingAlgorithm):
             for module in unit:
                 for param in module.parameters(recurse=False):
                     param.requires_grad_(trains)
-                    param.grad = None if not trains else param.grad
-                    if not trains:
+                    if not trains:  # no gradient, no momentum: SGD skips it, and its memory goes
+                        param.grad = None
                         state.pop(param, None)
         return {"frozen": self.frozen}
 
-    def before_step(self, trainer: Trainer, step: int, batch_index: Any) -> None:
+    def before_step(self, trainer: Trainer, step: int, batch_index: torch.Tensor) -> None:
         """Frozen batch norms normalise with their running statistics and leave them alone."""
         for unit in self.units[: self.frozen]:
             for module in unit:
