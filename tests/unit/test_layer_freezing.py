@@ -65,6 +65,19 @@ def test_frozen_layers_keep_weights_masks_statistics_and_no_optimizer_state(tmp_
         assert param.requires_grad != is_frozen
 
 
+def test_resume_equals_uninterrupted(resumed_run: Callable[..., tuple[Trainer, Trainer]]) -> None:
+    config = TrainConfig(**CONFIG, freeze="progressive", freeze_start_epoch=1, freeze_interval=1)
+    whole, resumed = resumed_run(config, 2, ("train_loss", "test_loss", "frozen", "training_flops"))
+    assert [r["frozen"] for r in whole.history] == [0, 1, 2]
+    assert _with_state(resumed) == _with_state(whole) == {"features.conv3.weight", "features.bn3.weight",
+                                                          "features.bn3.bias", "linear.weight", "linear.bias"}
+
+
+def _with_state(trainer: Trainer) -> set[str]:
+    state = trainer.optimizer.state
+    return {name for name, param in trainer.model.named_parameters() if state.get(param)}
+
+
 def test_unfreezing_trains_again(tmp_path: pathlib.Path) -> None:
     static = {**CONFIG, "lower_bound": None, "upper_bound": None, "mask_update_decay_epoch": None}
     trainer = Trainer(TrainConfig(**static, freeze="single-shot-resume", freeze_start_epoch=1, freeze_interval=1),
