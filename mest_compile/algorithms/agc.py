@@ -106,6 +106,7 @@ class AGC(TrainingAlgorithm):
             loss = F.cross_entropy(model(x), y)
             loss.backward()
             current.append(float(loss.detach()))
+            _follow_modes(snapshot, model)
             with torch.no_grad():
                 previous.append(float(F.cross_entropy(snapshot(x), y)))
         self.mean_grads = [p.grad / len(batches) if p.grad is not None else None for p in model.parameters()]
@@ -129,8 +130,7 @@ class AGC(TrainingAlgorithm):
         """The snapshot's gradient on the step's batch, then the corrected gradient in `p.grad`."""
         snapshot = self._snapshot()
         assert self._index is not None
-        for tilde, module in zip(snapshot.modules(), trainer.model.modules()):
-            tilde.training = module.training  # frozen batch norms run in eval mode in both
+        _follow_modes(snapshot, trainer.model)
         snapshot.zero_grad(set_to_none=True)
         x, y = trainer.data.train_x[self._index], trainer.data.train_y[self._index]
         F.cross_entropy(snapshot(x), y).backward()
@@ -149,6 +149,12 @@ class AGC(TrainingAlgorithm):
         """Restore them."""
         self.tau = float(state["tau"])
         self._snapshot().load_state_dict(state["snapshot"])
+
+
+def _follow_modes(snapshot: nn.Module, model: nn.Module) -> None:
+    # The modes of the model's last forward (frozen batch norms run in eval mode) hold for the snapshot.
+    for tilde, module in zip(snapshot.modules(), model.modules()):
+        tilde.training = module.training
 
 
 def _enabled(config: AGCConfig) -> bool:

@@ -5,7 +5,8 @@ the batch norm after it); the last unit, the classifier, always trains. A schedu
 leading units are frozen at each epoch. A frozen unit keeps its weights and masks: its parameters
 stop requiring gradients (no weight gradient, and autograd stops the backward at the first
 trainable unit), its optimizer state is dropped, Elastic Mutation skips its layers, and its batch
-norms run in eval mode so their running statistics stay too. Unfreezing (single-shot-resume,
+norms run in eval mode (whoever sets the model to training mode) so their running statistics stay
+too. Unfreezing (single-shot-resume,
 periodic) restarts its optimizer state from zero.
 """
 
@@ -15,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from mest_compile.errors import MestError
 from mest_compile.registry import Registry
@@ -103,6 +104,7 @@ class LayerFreezing(TrainingAlgorithm):
         self.frozen = 0
         self.start = 0
         self.depth = 0
+        self._held: dict[nn.Module, RemovableHandle] = {}
 
     def setup(self, trainer: Trainer) -> None:
         """Cut the model into units; refuse a schedule that would leave Elastic Mutation nothing to mutate."""
@@ -146,18 +148,27 @@ class LayerFreezing(TrainingAlgorithm):
                     if not trains:  # no gradient, no momentum: SGD skips it, and its memory goes
                         param.grad = None
                         state.pop(param, None)
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    self._hold_statistics(module, not trains)
         return {"frozen": self.frozen}
 
-    def before_step(self, trainer: Trainer, step: int, batch_index: torch.Tensor) -> None:
-        """Frozen batch norms normalise with their running statistics and leave them alone."""
-        for unit in self.units[: self.frozen]:
-            for module in unit:
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.eval()
+    def _hold_statistics(self, norm: nn.Module, frozen: bool) -> None:
+        # A frozen batch norm normalises with its running statistics and leaves them alone, whoever
+        # puts the model in training mode (the trainer each epoch, AGC's full pass): a pre-hook
+        # switches it to eval mode before every forward.
+        handle = self._held.pop(norm, None)
+        if handle is not None:
+            handle.remove()
+        if frozen:
+            self._held[norm] = norm.register_forward_pre_hook(_eval_mode)
 
     def summary(self, trainer: Trainer) -> dict[str, Any]:
         """How many units the run had and how many were frozen at its end."""
         return {"frozen_units": self.frozen, "freezing_units": len(self.units)}
+
+
+def _eval_mode(module: nn.Module, args: tuple[Any, ...]) -> None:
+    module.train(False)
 
 
 def _enabled(config: LayerFreezingConfig) -> bool:

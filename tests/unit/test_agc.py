@@ -94,3 +94,17 @@ def test_agc_refuses_the_tvm_engine(tmp_path: pathlib.Path) -> None:
 def test_cli_refusals_are_one_line_exit_2(refused_train: Callable[[list[str], str], None], flags: list[str],
                                           needle: str) -> None:
     refused_train(flags, needle)
+
+
+def test_with_frozen_layers_the_full_pass_keeps_them_frozen(tmp_path: pathlib.Path) -> None:
+    config = TrainConfig(**{**CONFIG, "epochs": 2}, freeze="single-shot", freeze_start_epoch=1, freeze_depth=2)
+    trainer = Trainer(config, tmp_path)
+    trainer.fit(stop_after=1)
+    frozen = {n: t.clone() for n, t in trainer.model.state_dict().items()
+              if n.startswith(("features.conv1", "features.bn1", "features.conv2", "features.bn2"))
+              and isinstance(t, torch.Tensor)}
+    trainer.fit()
+    for name, tensor in frozen.items():  # weights and batch-norm statistics, through the full pass too
+        assert torch.equal(trainer.model.state_dict()[name], tensor), name
+    snapshot = trainer.algorithms["agc"].snapshot
+    assert not snapshot.features.bn1.training and not snapshot.features.conv2.weight.requires_grad
