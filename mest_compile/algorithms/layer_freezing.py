@@ -6,8 +6,7 @@ leading units are frozen at each epoch. A frozen unit keeps its weights and mask
 stop requiring gradients (no weight gradient, and autograd stops the backward at the first
 trainable unit), its optimizer state is dropped, Elastic Mutation skips its layers, and its batch
 norms run in eval mode (whoever sets the model to training mode) so their running statistics stay
-too. Unfreezing (single-shot-resume,
-periodic) restarts its optimizer state from zero.
+too. Unfreezing (single-shot-resume, periodic) restarts its optimizer state from zero.
 """
 
 from __future__ import annotations
