@@ -74,10 +74,11 @@ def train(config_file: str | None, out: str, resume: bool, quiet: bool, compare_
 
 
 def dense_baseline(config: TrainConfig) -> TrainConfig:
-    """The same run without sparsity or data removal: what a sparse run is judged against."""
+    """The same run without sparsity, data removal or sieving, freezing or gradient correction: plain dense
+    training, what a sparse run is judged against."""
     return dataclasses.replace(config, profile="dense", ratio_space="overall", lower_bound=None, upper_bound=None,
                                mask_update_decay_epoch=None, data_efficient=False, remove_data_epoch=None,
-                               remove_n=0, sorting_file=None)
+                               remove_n=0, sorting_file=None, data_sieving=None, freeze=None, agc=False)
 
 
 @contextlib.contextmanager

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from mest_compile.train.loop import Trainer
 
 # A host backend's counters: always among the summary's totals (a GPU backend's are added when one ran).
-BACKEND_TOTALS = ("packs", "repacks", "rebuilds", "overflows", "dense_calls")
+BACKEND_TOTALS = ("packs", "repacks", "rebuilds", "overflows", "dense_calls", "wgrad_skipped", "dgrad_skipped")
 
 
 class CompiledKernels(TrainingAlgorithm):

@@ -162,7 +162,9 @@ class ElasticMutation:
         if schedule is None or not schedule.updates_at(epoch) or epoch == self.last_update_epoch:
             return None
         lower, upper = schedule.bounds(epoch)
-        report = {name: self._update(name, layer, lower, upper) for name, layer in self.layers.items()}
+        # A weight that does not train (a frozen layer) keeps its mask: nothing would score it anew.
+        report = {name: self._update(name, layer, lower, upper) for name, layer in self.layers.items()
+                  if layer.weight.requires_grad}
         # The snapshots described the weights before this update; never score with stale ones.
         self._grads.clear()
         self.updates += 1

@@ -297,6 +297,9 @@ def _echo_epoch(record: dict[str, Any], epochs: int) -> None:
     mutation = record.get("mutation")
     mutated = f"  mutation: stage {mutation['stage']} prune to {mutation['lower']} grow to {mutation['upper']}" if mutation else ""
     removed = f"  removed {record['removed']} examples" if record.get("removed") else ""
+    flops = record.get("training_flops", 0)
+    dense = record.get("dense_equivalent_flops", 0)
+    counted = f"  {flops:.3g} FLOPs ({100 * flops / dense:.0f}% of dense)" if dense else ""
     click.echo(f"epoch {record['epoch'] + 1}/{epochs}  loss {record['train_loss']:.4f}  train {100 * record['train_acc']:.2f}%"
                f"  test {100 * record['test_acc']:.2f}%  sparsity {100 * record['sparsity']:.2f}%"
-               f"  {record['seconds']:.1f}s{mutated}{removed}", err=True)
+               f"  {record['seconds']:.1f}s{counted}{mutated}{removed}", err=True)

@@ -39,6 +39,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"{100 * summary['model_sparsity']:.2f}% over all conv/linear weights",
         f"mask updates {summary['mask_updates']}",
     ]
+    if summary.get("dense_equivalent_flops"):
+        lines.append(f"training FLOPs {summary['training_flops']:.4g}, {100 * summary['flops_fraction']:.1f}% of "
+                     f"dense training's {summary['dense_equivalent_flops']:.4g}")
     kernels = summary.get("kernels")
     if kernels:
         compiled = sum(entry.get("status") == "compiled" for entry in kernels["layers"].values())

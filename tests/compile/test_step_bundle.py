@@ -146,7 +146,9 @@ def test_export_cli_writes_a_bundle_and_refuses_bad_runs(tmp_path: pathlib.Path)
     assert done.exit_code == 0, done.output
     assert (tmp_path / "b" / "mest_driver" / "__main__.py").exists() and (tmp_path / "b" / "README.md").exists()
     for extra, message in (([], "already exists"), (["--optimizer", "adam"], "SGD"),
-                           (["--data-efficient", "--remove-data-epoch", "1", "--remove-n", "10"], "data_efficiency")):
+                           (["--data-efficient", "--remove-data-epoch", "1", "--remove-n", "10"], "data_efficiency"),
+                           (["--freeze", "progressive"], "layer_freezing"), (["--data-sieving", "0.2"], "data_sieving"),
+                           (["--agc"], "agc")):
         out = tmp_path / ("b" if not extra else f"bad{len(extra)}")
         done = runner.invoke(cli, [*args, *extra, "--out", str(out)])
         assert done.exit_code == 2 and message in done.output, done.output

@@ -133,7 +133,7 @@ def test_registered_algorithm_hears_the_events_in_order_and_resumes(toy: None, t
 def test_a_disabled_algorithm_is_not_built_but_keeps_its_fields(toy: None, tmp_path: pathlib.Path) -> None:
     trainer = Trainer(TrainConfig(**CONFIG), tmp_path)
     assert "toy" not in trainer.algorithms
-    assert list(trainer.algorithms) == ["elastic_mutation"]
+    assert list(trainer.algorithms) == ["training_flops", "elastic_mutation"]  # the FLOPs counter is always on
     assert trainer.summary()["toy_steps"] is None
 
 

@@ -20,14 +20,15 @@ from mest_compile.compiler.runtime.compiled import CompiledKernels
 from mest_compile.compiler.runtime.gate import KernelGateError
 from mest_compile.compiler.runtime.policy import RecompilePolicy, refill
 from mest_compile.compiler.runtime.records import TunedChoices, current_records
+from mest_compile.compiler.runtime.skipped import SkippedKernels
 from mest_compile.compiler.target import Target
 from mest_compile.errors import MestError
 from mest_compile.sparsity.module import SparseConv2d
 
 
 @dataclass
-class BackendStats:
-    """What one layer's backend did."""
+class BackendStats(SkippedKernels):
+    """What one layer's backend did (and the backward kernels it did not need to run)."""
 
     packs: int = 0
     repacks: int = 0  # mutations absorbed in place
@@ -110,6 +111,7 @@ class CompiledConvBackend:
         if self.failure is not None:
             self.stats.dense_calls += 1
             return module._conv_forward(x, module.weight * module.mask, module.bias)
+        self.stats.observe(module, x)
         y = kernels.conv(x, module.weight, self._format(module, kernels))
         if module.bias is not None:
             y = y + module.bias[None, :, None, None]

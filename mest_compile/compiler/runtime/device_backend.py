@@ -23,6 +23,7 @@ from mest_compile.compiler.phases import PHASES
 from mest_compile.compiler.runtime.backend import geometry_of
 from mest_compile.compiler.runtime.gate import KernelGateError, reference, relative_error
 from mest_compile.compiler.runtime.records import TunedChoices, current_records
+from mest_compile.compiler.runtime.skipped import SkippedKernels
 from mest_compile.compiler.target import Target, as_target
 from mest_compile.errors import MestError
 from mest_compile.registry import Registry
@@ -33,8 +34,8 @@ _RTOL = 1e-4  # float32 sums of a few hundred products, as the host gate
 
 
 @dataclass
-class TransferStats:
-    """Bytes moved between host and device, index-buffer writes, and kernel launches."""
+class TransferStats(SkippedKernels):
+    """Bytes moved between host and device, index-buffer writes, kernel launches, and backward kernels skipped."""
 
     uploaded_bytes: int = 0
     downloaded_bytes: int = 0
@@ -152,6 +153,7 @@ class DeviceConvBackend(ABC):
 
     def __call__(self, module: SparseConv2d, x: torch.Tensor) -> torch.Tensor:
         fmt = self._format(module, geometry_of(module, tuple(x.shape)))
+        self.stats.observe(module, x)
         y = self.conv(x, fmt.values(module.weight), fmt)
         if module.bias is not None:
             y = y + module.bias[None, :, None, None]

@@ -105,7 +105,8 @@ def export_bundle(trainer: Trainer, target: Target, out: str | Path) -> Path:
 def _plan(trainer: Trainer) -> dict[str, Any]:
     """The run's schedule as data: learning rate and mutation bounds per epoch, and what the driver needs."""
     cfg = trainer.config
-    others = sorted(set(trainer.algorithms) - {"elastic_mutation"})
+    # The FLOPs counter is always on and only watches the host's forwards: nothing to carry.
+    others = sorted(set(trainer.algorithms) - {"elastic_mutation", "training_flops"})
     if others:
         raise MestError(f"the board driver runs MEST's Elastic Mutation only; {others[0]} is enabled in this run")
     if trainer.compat != Compat():
