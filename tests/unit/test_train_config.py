@@ -23,7 +23,7 @@ OLD_FLAT = {
     "compat": ["npresentations_from_epochs"], "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4,
     "lr_scheduler": "cosine", "epochs": 160, "batch_size": 64, "test_batch_size": 256, "seed": 914,
     "data_efficient": True, "remove_data_epoch": 70, "remove_n": 12000, "keep_lowest_n": 0, "sorting_file": None,
-    "output_name": "mest", "compiled": False, "target": "host", "fallback": "measure", "work_dir": None, "threads": None,
+    "output_name": "mest", "compiled": False, "target": "host", "fallback": "measure", "work_dir": None, "tuning": "off", "threads": None,
 }
 # Settings added since, with their defaults (runs without them read as before).
 ADDED = {"engine": "torch", "rpc": None, "rpc_key": None, "prebuilt": None,
