@@ -163,3 +163,25 @@ def test_load_trained_refuses_another_model(bundle: pathlib.Path, tmp_path: path
     other = Trainer(dataclasses.replace(CONFIG, model="resnet32"), tmp_path / "other")
     with pytest.raises(MestError, match="another model"):
         load_trained(bundle, other)
+
+
+def test_bundle_kernels_are_built_with_the_runs_tuning_records(tmp_path: pathlib.Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """`export --train --work-dir DIR` (or `--tuning quick`) builds the bundle's kernels with those records."""
+    from mest_compile.compiler.step import bundle as bundle_module
+
+    asked: list[tuple[str, ConvGeometry]] = []
+
+    class Spy:
+        key = "spy"
+
+        def choice(self, family: object, geometry: ConvGeometry, target: object) -> tuple[None, dict[str, object]]:
+            asked.append((getattr(family, "name"), geometry))
+            return None, {}
+
+    handed: list[tuple[object, object]] = []
+    monkeypatch.setattr(bundle_module, "records_for", lambda work_dir, tuning: handed.append((work_dir, tuning)) or Spy())
+    config = dataclasses.replace(CONFIG, work_dir="tuned-for-this-run")
+    export_bundle(Trainer(config, tmp_path / "run"), as_target("host"), tmp_path / "bundle")
+    assert handed == [("tuned-for-this-run", "off")]
+    assert "block" in {name for name, _ in asked}  # every sparse layer's kernels asked the records

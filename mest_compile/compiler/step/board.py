@@ -25,6 +25,7 @@ from torch import nn
 from mest_compile.compiler.devices.board_image import BoardImage, provision_board
 from mest_compile.compiler.devices.cross import board_fcompile
 from mest_compile.compiler.devices.insn_count import count_per_call
+from mest_compile.compiler.runtime.records import TunedChoices
 from mest_compile.compiler.step.build import Argument, CompiledStep, Sgd, compile_step
 from mest_compile.compiler.step.state import momentum_of, pack_tensor
 from mest_compile.compiler.target import Target
@@ -63,11 +64,13 @@ class ExportedStep:
 
 def export_step(model: nn.Module, batch_shape: tuple[int, ...], num_classes: int, target: Target, sgd: Sgd,
                 out: str | Path, optimizer: torch.optim.Optimizer | None = None, *,
-                allow_host: bool = False) -> ExportedStep:
+                allow_host: bool = False, records: TunedChoices | None = None) -> ExportedStep:
     """Compile `model`'s training step for `target`'s board and write it with the model's state to `out`.
 
     Args:
         allow_host: also export for this machine's own kind of CPU (linked here, no cross compiler).
+        records: tuning records the sparse kernels are built with (a `mest-compile tune` work dir
+            for the target, or `--tuning quick` for this machine's CPU).
 
     Raises:
         MestError: the target builds for this machine (nothing to cross-compile) and `allow_host`
@@ -77,7 +80,7 @@ def export_step(model: nn.Module, batch_shape: tuple[int, ...], num_classes: int
     if host and not allow_host:
         raise MestError(f"target {target.name!r} builds for this machine: use --engine tvm here")
     layers = sparse_layers(model)
-    step = compile_step(model, layers, batch_shape, num_classes, target, sgd)
+    step = compile_step(model, layers, batch_shape, num_classes, target, sgd, records=records)
     path = Path(out)
     path.mkdir(parents=True, exist_ok=True)
     formats = {slot.layer: slot.fmt for slot in step.lowered.slots.values()}

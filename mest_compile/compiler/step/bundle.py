@@ -28,6 +28,7 @@ from mest_compile.compiler.step.build import Sgd
 from mest_compile.compiler.step.driver import loop as driver_loop
 from mest_compile.compiler.step.driver.schemes import SCHEMES as DRIVER_SCHEMES
 from mest_compile.compiler.target import Target
+from mest_compile.compiler.tune.machine import records_for
 from mest_compile.errors import MestError, last_output_line
 from mest_compile.io import atomic_directory
 from mest_compile.sparsity.compat import Compat
@@ -82,7 +83,8 @@ def export_bundle(trainer: Trainer, target: Target, out: str | Path) -> Path:
             raise MestError(f"the training split has {len(data.train_y)} examples, fewer than one batch of "
                             f"{batch_shape[0]}")
         exported = export_step(trainer.model, batch_shape, data.num_classes, target, Sgd(**plan["sgd"]), work,
-                               trainer.optimizer, allow_host=True)
+                               trainer.optimizer, allow_host=True,
+                               records=records_for(trainer.config.compile.work_dir, trainer.config.compile.tuning))
         assert exported.compiled is not None
         lowered = exported.compiled.lowered
         layers: dict[str, Any] = {}
