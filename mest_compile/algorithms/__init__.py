@@ -34,8 +34,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-# Registration order is event order: masks mutate before data is removed, as in MEST. isort: skip_file
-from mest_compile.algorithms import elastic_mutation  # noqa: F401, I001  (importing registers)
+# Registration order is event order: gradients are averaged across ranks before anything reads
+# them, and masks mutate before data is removed, as in MEST. isort: skip_file
+from mest_compile.algorithms import distributed  # noqa: F401, I001  (importing registers)
+from mest_compile.algorithms import elastic_mutation  # noqa: F401
 from mest_compile.algorithms import data_efficiency  # noqa: F401
 from mest_compile.algorithms import compiled  # noqa: F401
 from mest_compile.train.events import ALGORITHMS, AlgorithmSpec, TrainingAlgorithm

@@ -26,7 +26,8 @@ OLD_FLAT = {
     "output_name": "mest", "compiled": False, "target": "host", "fallback": "measure", "work_dir": None, "threads": None,
 }
 # Settings added since, with their defaults (runs without them read as before).
-ADDED = {"engine": "torch", "rpc": None, "rpc_key": None, "prebuilt": None}
+ADDED = {"engine": "torch", "rpc": None, "rpc_key": None, "prebuilt": None, "dist_backend": "auto",
+         "dist_timeout": 120.0, "packed_grads": True}
 
 
 def test_sections_flat_names_and_replace() -> None:
@@ -56,7 +57,7 @@ def test_old_flat_and_new_nested_dicts_read_the_same() -> None:
     old = TrainConfig.from_dict(OLD_FLAT)
     assert old.data_efficiency.remove_n == 12000 and old.run.compat == ("npresentations_from_epochs",)
     nested = old.to_dict()
-    assert set(nested) == {"data", "sparse", "optim", "run", "mutation", "data_efficiency", "compile"}
+    assert set(nested) == {"data", "sparse", "optim", "run", "distributed", "mutation", "data_efficiency", "compile"}
     assert TrainConfig.from_dict(nested) == old
     flat_again = {key: value for section in nested.values() for key, value in section.items()}
     assert flat_again == {**OLD_FLAT, **ADDED}
