@@ -39,6 +39,11 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"{100 * summary['model_sparsity']:.2f}% over all conv/linear weights",
         f"mask updates {summary['mask_updates']}",
     ]
+    parallel = summary.get("distributed")
+    if parallel:
+        lines.append(f"data-parallel: {parallel['world_size']} ranks ({parallel['backend']}), "
+                     f"{parallel['reduced_bytes_per_step'] / 1024:.1f} KiB reduced per step "
+                     f"(dense {parallel['dense_bytes_per_step'] / 1024:.1f} KiB), {parallel['mask_checks']} mask checks")
     kernels = summary.get("kernels")
     if kernels:
         compiled = sum(entry.get("status") == "compiled" for entry in kernels["layers"].values())

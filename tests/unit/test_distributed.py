@@ -32,7 +32,7 @@ WORKER = pathlib.Path(__file__).with_name("distributed_worker.py")
 # runs differ in length (cosine would differ by epoch).
 ARGS = ["--model", "plain_cnn", "--batch-size", "128", "--lr-scheduler", "constant", "--lower-bound", "0.92",
         "--upper-bound", "0.9", "--mask-update-decay-epoch", "9", "--sp-mask-update-freq", "1", "--sp-lmd", "0.5",
-        "--quiet"]
+        "--data-efficient", "--remove-data-epoch", "1", "--remove-n", "100", "--quiet"]
 KEYS = ("train_loss", "test_loss", "train_acc", "test_acc", "sparsity")
 
 
@@ -101,6 +101,17 @@ def test_two_rank_checkpoint_resumes_on_one_process(runs: dict[str, Any]) -> Non
     single = _masks(runs["single"])
     for name, mask in _masks(runs["resumed"]).items():
         assert torch.equal(mask, single[name]), name
+
+
+@pytest.mark.slow
+def test_ranks_whose_masks_differ_stop_with_one_line(tmp_path: pathlib.Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           str(WORKER), "train", "--out", str(tmp_path / "run"), "--epochs", "3", "--batch-size",
+                           "256", "--skew-masks-on-rank", "1", "--quiet"],
+                          env=_env(), capture_output=True, text=True, timeout=180)
+    assert done.returncode != 0
+    assert "error: masks or kept examples differ between ranks after epoch 1: rank 1 disagrees with rank 0" in done.stderr
+    assert load_checkpoint(checkpoint_path(tmp_path / "run"))["epoch"] == 0  # epoch 1 never saved
 
 
 def _free_port() -> int:
