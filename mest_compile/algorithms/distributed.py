@@ -13,7 +13,7 @@ Masks stay identical because every rank mutates from the same weights, gradients
 generator; after every mask update and every epoch the ranks compare a fingerprint of their
 masks and kept examples, and stop with one line if they differ. BatchNorm normalises each rank's
 part with its own statistics (as DDP without SyncBatchNorm; torch's SyncBatchNorm runs on GPUs
-only); the running statistics are rank 0's, broadcast after every step as DDP does. Rank 0
+only); the running statistics are rank 0's, broadcast after every epoch. Rank 0
 alone writes checkpoints, metrics, plots and progress. A failed collective (a rank died, or
 hung past `--dist-timeout`) becomes one line naming the lost rank.
 """
@@ -172,11 +172,6 @@ class DataParallel(TrainingAlgorithm):
         total = float(sum(part[-1] for part in parts))
         return total / size, gathered.to(logits.dtype)
 
-    def after_step(self, trainer: Trainer, step: int, logits: torch.Tensor, y: torch.Tensor,
-                   index: torch.Tensor) -> None:
-        """Rank 0's running statistics everywhere (DDP's buffer broadcast): one model on every rank."""
-        self._broadcast_(self._floats(trainer, params=False), "the buffer broadcast")
-
     # --- agreement ---
     def on_mask_update(self, trainer: Trainer, epoch: int, layers: tuple[str, ...]) -> None:
         """The ranks compare their masks after every update; the packed positions follow the masks."""
@@ -184,7 +179,11 @@ class DataParallel(TrainingAlgorithm):
         self._grads().replan()
 
     def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
-        """The ranks compare masks and kept examples (data removal decides on every rank)."""
+        """Rank 0's running statistics everywhere; the ranks compare masks and kept examples (data
+        removal decides on every rank)."""
+        # Once an epoch, not after every step as DDP: training normalises with batch statistics,
+        # so the running ones matter only to evaluation (rank 0's is the one recorded) and checkpoints.
+        self._broadcast_(self._floats(trainer, params=False), "the running statistics' broadcast")
         self._check_agreement(trainer, f"epoch {record['epoch']}")
 
     def _check_agreement(self, trainer: Trainer, when: str) -> None:
