@@ -3,7 +3,7 @@
 Gloo says that a connection closed or timed out, not which rank died. Every survivor leaves its
 name in the process group's key-value store (hosted by torchrun's agent, or by rank 0 when the
 run was started by hand) and waits briefly for the others; the ranks that never answer are the
-ones to name. When the store is unreachable, its host (rank 0) is the one that died.
+ones to name. When the store is unreachable, its host is the one that died.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from mest_compile.errors import first_line
 GRACE_SECONDS = 5.0
 
 
-def lost_ranks(rank: int, world_size: int, incident: int, grace: float = GRACE_SECONDS) -> list[int]:
-    """The ranks that did not answer within `grace` seconds (rank 0 when the store is gone).
+def lost_ranks(rank: int, world_size: int, incident: int, grace: float = GRACE_SECONDS) -> list[int] | None:
+    """The ranks that did not answer within `grace` seconds; None when the store is gone.
 
     Args:
         rank: this process's rank.
@@ -42,12 +42,15 @@ def lost_ranks(rank: int, world_size: int, incident: int, grace: float = GRACE_S
                 return missing
             time.sleep(0.1)
     except (RuntimeError, ValueError):
-        return [0]
+        return None
 
 
 def describe_loss(rank: int, world_size: int, incident: int, what: str, error: BaseException) -> str:
     """One line naming the lost ranks, for the error a survivor stops with."""
     lost = lost_ranks(rank, world_size, incident)
-    who = ("rank " + ", ".join(str(r) for r in lost)) if lost else "a peer rank"
+    if lost is None:  # the store lives with rank 0 (started by hand) or on torchrun's rendezvous host
+        who = "rank 0 (or the machine hosting the rendezvous store)"
+    else:
+        who = ("rank " + ", ".join(str(r) for r in lost)) if lost else "a peer rank"
     return (f"{who} of {world_size} stopped responding during {what}; rank {rank} stops too "
             f"(the last checkpoint is intact). Cause: {first_line(error)[:160]}")
