@@ -19,7 +19,9 @@ from typing import Any
 import pytest
 import torch
 
+from mest_compile.algorithms.distributed import DataParallel, DistributedConfig
 from mest_compile.algorithms.packed_grads import PackedGradients
+from mest_compile.errors import MestError
 from mest_compile.sparsity.module import sparsify
 from mest_compile.sparsity.profile import uniform_profile
 from mest_compile.train.checkpoint import checkpoint_path, load_checkpoint
@@ -150,6 +152,39 @@ def test_a_killed_rank_stops_the_others_with_one_line(tmp_path: pathlib.Path) ->
     assert load_checkpoint(checkpoint_path(out))["epoch"] >= 0
 
 
+def _rank_process(launcher: int, rank: int) -> int:
+    """The pid of the worker with RANK=`rank` among the children of the torchrun process `launcher`."""
+    children = pathlib.Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split()
+    for pid in children:
+        environ = pathlib.Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        if f"RANK={rank}".encode() in environ:
+            return int(pid)
+    raise AssertionError(f"no worker with RANK={rank} among {children}")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not pathlib.Path("/proc/self/task").is_dir(), reason="finds torchrun's workers in /proc")
+def test_torchrun_stops_the_run_when_a_rank_is_killed(tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "run"
+    launcher = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                                 "2", "-m", "mest_compile", "train", "--out", str(out), "--epochs", "500",
+                                 "--batch-size", "256", "--quiet"],
+                                env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while not checkpoint_path(out).exists():
+            assert time.monotonic() < deadline and launcher.poll() is None, launcher.communicate()
+            time.sleep(0.2)
+        os.kill(_rank_process(launcher.pid, 1), signal.SIGKILL)
+        _, stderr = launcher.communicate(timeout=60)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode != 0
+    assert "rank        : 1" in stderr or "rank: 1" in stderr, stderr  # torchrun's report names it
+    assert load_checkpoint(checkpoint_path(out))["epoch"] >= 0
+
+
 def test_packed_gradients_reduce_only_the_kept_values() -> None:
     torch.manual_seed(0)
     model = build_model("small_cnn", num_classes=10, in_channels=1)
@@ -171,3 +206,15 @@ def test_packed_gradients_reduce_only_the_kept_values() -> None:
     dense = sum(p.numel() for p in model.parameters())
     assert sent == [dense - weights + kept]
     assert grads.packed_bytes == 4 * sent[0] and grads.dense_bytes == 4 * dense
+
+
+def test_every_rank_takes_a_contiguous_part_of_the_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TVM_NUM_THREADS", "1")  # the algorithm sets it when unset
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    parts = []
+    for rank in range(3):
+        monkeypatch.setenv("RANK", str(rank))
+        parts.append(DataParallel(DistributedConfig()).shard_batch(None, 10))  # type: ignore[arg-type]
+    assert [(part.start, part.stop) for part in parts] == [(0, 4), (4, 7), (7, 10)]
+    with pytest.raises(MestError, match="a batch of 2 examples cannot be split across 3 ranks"):
+        DataParallel(DistributedConfig()).shard_batch(None, 2)  # type: ignore[arg-type]
