@@ -43,7 +43,8 @@ def throughput(nproc: int, flags: list[str], epochs: int, out: pathlib.Path) -> 
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]
     seconds = sum(record["seconds"] for record in history)
     summary = json.loads((out / "summary.json").read_text())
-    return {"processes": nproc, "flags": " ".join(flags), "examples_per_second": sum(r["n_train"] for r in history) / seconds,
+    examples = sum(record["n_train"] for record in history)
+    return {"processes": nproc, "flags": " ".join(flags), "examples_per_second": examples / seconds,
             "seconds_per_epoch": seconds / len(history), "final_test_acc": summary["final_test_acc"],
             "distributed": summary["distributed"]}
 

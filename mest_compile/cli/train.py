@@ -71,8 +71,8 @@ def train(config_file: str | None, out: str, resume: bool, quiet: bool, compare_
         dense = Trainer(dense_baseline(trainer.config), dense_dir, progress=not quiet).fit()
         gap = 100 * (summary["final_test_acc"] - dense["final_test_acc"])
         echo(f"\n{100 * summary['sparsity']:.1f}% sparse: test accuracy {100 * summary['final_test_acc']:.2f}%"
-                   f"   dense: {100 * dense['final_test_acc']:.2f}%   difference {gap:+.2f} points"
-                   f"   (dense run in {dense_dir})")
+             f"   dense: {100 * dense['final_test_acc']:.2f}%   difference {gap:+.2f} points"
+             f"   (dense run in {dense_dir})")
 
 
 def _silent(message: str) -> None:

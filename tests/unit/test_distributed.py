@@ -112,7 +112,8 @@ def test_ranks_whose_masks_differ_stop_with_one_line(tmp_path: pathlib.Path) -> 
                            "256", "--skew-masks-on-rank", "1", "--quiet"],
                           env=_env(), capture_output=True, text=True, timeout=180)
     assert done.returncode != 0
-    assert "error: masks or kept examples differ between ranks after epoch 1: rank 1 disagrees with rank 0" in done.stderr
+    expected = "error: masks or kept examples differ between ranks after epoch 1: rank 1 disagrees with rank 0"
+    assert expected in done.stderr
     assert load_checkpoint(checkpoint_path(tmp_path / "run"))["epoch"] == 0  # epoch 1 never saved
 
 
