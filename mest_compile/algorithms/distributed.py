@@ -91,6 +91,7 @@ class DataParallel(TrainingAlgorithm):
         self.device = torch.device("cpu")
         self.grads: PackedGradients | None = None
         self.part = (0, 0)  # this rank's examples and the batch's, of the current step
+        self.epoch = 0  # for the messages
         self.steps = 0
         self.checks = 0
         self.fingerprints: list[int] = []
@@ -131,6 +132,11 @@ class DataParallel(TrainingAlgorithm):
             dist.destroy_process_group()
             self.owns_group = False
 
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> dict[str, Any] | None:
+        """Remember the epoch, for the messages."""
+        self.epoch = epoch
+        return None
+
     def writes_outputs(self, trainer: Trainer) -> bool:
         """Rank 0 writes checkpoints, metrics, plots and progress."""
         return self.rank == 0
@@ -151,7 +157,7 @@ class DataParallel(TrainingAlgorithm):
         """Average the gradients over the whole batch (before any algorithm reads them)."""
         count, size = self.part
         grads = self._grads()
-        self._collective(f"the gradient all-reduce of step {step}",
+        self._collective(f"the gradient all-reduce of epoch {self.epoch} step {step}",
                          lambda: grads.reduce_(count / size, dist.all_reduce))
         self.steps += 1
 

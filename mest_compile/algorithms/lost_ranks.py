@@ -8,6 +8,7 @@ ones to name. When the store is unreachable, its host is the one that died.
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import timedelta
 
@@ -52,5 +53,8 @@ def describe_loss(rank: int, world_size: int, incident: int, what: str, error: B
         who = "rank 0 (or the machine hosting the rendezvous store)"
     else:
         who = ("rank " + ", ".join(str(r) for r in lost)) if lost else "a peer rank"
+    # Gloo starts its messages with its source position ("[.../pair.cc:537] Read error ...").
+    cause = re.sub(r"^\[[^\]]*\]\s*", "", first_line(error))
+    cause = cause if len(cause) <= 100 else cause[:100].rsplit(" ", 1)[0] + " ..."
     return (f"{who} of {world_size} stopped responding during {what}; rank {rank} stops too "
-            f"(the last checkpoint is intact). Cause: {first_line(error)[:160]}")
+            f"(the last checkpoint is intact). Cause: {cause}")
