@@ -88,6 +88,9 @@ class DataParallel(TrainingAlgorithm):
         os.environ.setdefault("TVM_NUM_THREADS", str(self.cores))
         self.rank = int(os.environ.get("RANK", "0"))
         self.world = world_size()
+        if torch.cuda.is_available():
+            # One GPU per rank of a machine: what "cuda" means from here on (nccl, to_device).
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
         self.device = torch.device("cpu")
         self.grads: PackedGradients | None = None
         self.part = (0, 0)  # this rank's examples and the batch's, of the current step
