@@ -12,8 +12,9 @@ and the metrics are the whole batch's on every rank, and so decide alike.
 Masks stay identical because every rank mutates from the same weights, gradients and growth
 generator; after every mask update and every epoch the ranks compare a fingerprint of their
 masks and kept examples, and stop with one line if they differ. BatchNorm normalises each rank's
-part with its own statistics (as DDP without SyncBatchNorm; torch's SyncBatchNorm runs on GPUs
-only); the running statistics are rank 0's, broadcast after every epoch. Rank 0
+part with its own statistics (as DDP without SyncBatchNorm), or with `--sync-bn` the whole
+batch's (`SyncBatchNorm2d`, on CPUs too); the running statistics are rank 0's, broadcast after
+every epoch. Rank 0
 alone writes checkpoints, metrics, plots and progress. A failed collective (a rank died, or
 hung past `--dist-timeout`) becomes one line naming the lost rank.
 """
@@ -22,16 +23,16 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 
-from mest_compile.algorithms.lost_ranks import describe_loss
+from mest_compile.algorithms.lost_ranks import collective
 from mest_compile.algorithms.packed_grads import PackedGradients
+from mest_compile.algorithms.sync_batchnorm import convert_sync_batchnorm_
 from mest_compile.errors import MestError, first_line
 from mest_compile.train.events import ALGORITHMS, AlgorithmSpec, TrainingAlgorithm
 from mest_compile.train.sections import setting
@@ -39,7 +40,6 @@ from mest_compile.train.sections import setting
 if TYPE_CHECKING:
     from mest_compile.train.loop import Trainer
 
-T = TypeVar("T")
 BACKENDS = ("auto", "gloo", "nccl")
 
 
@@ -55,6 +55,9 @@ class DistributedConfig:
     # On: the point of sparse training's communication; off measures what dense DDP would send.
     packed_grads: bool = setting(True, "all-reduce only the kept values' gradients of sparse layers "
                                        "(off: every gradient dense)")
+    # Off as in DDP: two small all-reduces per BatchNorm layer and step, for equality with one process.
+    sync_bn: bool = setting(False, "BatchNorm statistics over the whole batch across ranks (as one process); "
+                                   "off: each rank's part")
 
     def __post_init__(self) -> None:
         if self.dist_backend not in BACKENDS:
@@ -98,14 +101,16 @@ class DataParallel(TrainingAlgorithm):
         self.steps = 0
         self.checks = 0
         self.fingerprints: list[int] = []
-        self.incidents = 0
         self.owns_group = False
 
     # --- set-up ---
     def setup(self, trainer: Trainer) -> None:
-        """Divide the machine's cores between its ranks (unless --threads says otherwise)."""
+        """Divide the machine's cores between its ranks (unless --threads says otherwise); with
+        --sync-bn, BatchNorm normalises over the whole batch."""
         if trainer.config.run.threads is None:
             torch.set_num_threads(self.cores)
+        if self.config.sync_bn:
+            convert_sync_batchnorm_(trainer.model)
 
     def on_fit_start(self, trainer: Trainer) -> None:
         """Join the process group, start from rank 0's weights, plan the packed gradients."""
@@ -131,7 +136,7 @@ class DataParallel(TrainingAlgorithm):
     def on_fit_end(self, trainer: Trainer, summary: dict[str, Any]) -> None:
         """Leave the process group (when this algorithm joined it)."""
         if self.owns_group:
-            self._collective("the final barrier", dist.barrier)
+            collective("the final barrier", dist.barrier)
             dist.destroy_process_group()
             self.owns_group = False
 
@@ -160,7 +165,7 @@ class DataParallel(TrainingAlgorithm):
         """Average the gradients over the whole batch (before any algorithm reads them)."""
         count, size = self.part
         grads = self._grads()
-        self._collective(f"the gradient all-reduce of epoch {self.epoch} step {step}",
+        collective(f"the gradient all-reduce of epoch {self.epoch} step {step}",
                          lambda: grads.reduce_(count / size, dist.all_reduce))
         self.steps += 1
 
@@ -174,7 +179,7 @@ class DataParallel(TrainingAlgorithm):
         mine[:count * classes] = logits.reshape(-1)
         mine[-1] = loss * count
         parts = [torch.empty_like(mine) for _ in range(self.world)]
-        self._collective("the step's output gather", lambda: dist.all_gather(parts, mine))
+        collective("the step's output gather", lambda: dist.all_gather(parts, mine))
         share, extra = divmod(size, self.world)
         counts = [share + (r < extra) for r in range(self.world)]
         gathered = torch.cat([part[:n * classes].view(n, classes) for part, n in zip(parts, counts)])
@@ -198,7 +203,7 @@ class DataParallel(TrainingAlgorithm):
     def _check_agreement(self, trainer: Trainer, when: str) -> None:
         mine = torch.tensor([_fingerprint(trainer)], dtype=torch.int64, device=self.device)
         every = [torch.empty_like(mine) for _ in range(self.world)]
-        self._collective(f"the mask check after {when}", lambda: dist.all_gather(every, mine))
+        collective(f"the mask check after {when}", lambda: dist.all_gather(every, mine))
         self.fingerprints = [int(t) for t in every]
         self.checks += 1
         differing = [rank for rank, value in enumerate(self.fingerprints) if value != self.fingerprints[0]]
@@ -237,18 +242,12 @@ class DataParallel(TrainingAlgorithm):
         if not tensors:
             return
         flat = torch.cat([t.reshape(-1) for t in tensors])
-        self._collective(what, lambda: dist.broadcast(flat, src=0))
+        collective(what, lambda: dist.broadcast(flat, src=0))
         offset = 0
         for tensor in tensors:
             tensor.copy_(flat[offset:offset + tensor.numel()].view_as(tensor))
             offset += tensor.numel()
 
-    def _collective(self, what: str, call: Callable[[], T]) -> T:
-        try:
-            return call()
-        except RuntimeError as exc:
-            self.incidents += 1
-            raise MestError(describe_loss(self.rank, self.world, self.incidents, what, exc)) from None
 
 
 def _fingerprint(trainer: Trainer) -> int:

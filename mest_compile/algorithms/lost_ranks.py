@@ -10,15 +10,22 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from datetime import timedelta
+from itertools import count
+from typing import TypeVar
 
 import torch.distributed as dist
 
-from mest_compile.errors import first_line
+from mest_compile.errors import MestError, first_line
+
+T = TypeVar("T")
 
 # How long survivors wait for each other's answer: they notice the failure within moments of
 # each other (a closed connection) or within the group's timeout (a hung peer).
 GRACE_SECONDS = 5.0
+# Every survivor numbers its failures alike (each stops at its first): fresh keys per failure.
+_INCIDENTS = count(1)
 
 
 def lost_ranks(rank: int, world_size: int, incident: int, grace: float = GRACE_SECONDS) -> list[int] | None:
@@ -58,3 +65,11 @@ def describe_loss(rank: int, world_size: int, incident: int, what: str, error: B
     cause = cause if len(cause) <= 100 else cause[:100].rsplit(" ", 1)[0] + " ..."
     return (f"{who} of {world_size} stopped responding during {what}; rank {rank} stops too "
             f"(the last checkpoint is intact). Cause: {cause}")
+
+
+def collective(what: str, call: Callable[[], T]) -> T:
+    """`call()` (a collective of the default process group); its failure becomes one `MestError` line."""
+    try:
+        return call()
+    except RuntimeError as exc:
+        raise MestError(describe_loss(dist.get_rank(), dist.get_world_size(), next(_INCIDENTS), what, exc)) from None

@@ -85,6 +85,24 @@ def test_two_ranks_train_like_one_process_on_the_same_global_batch(runs: dict[st
 
 
 @pytest.mark.slow
+def test_sync_batchnorm_trains_like_one_process(tmp_path: pathlib.Path) -> None:
+    # small_cnn has BatchNorm; batch 128 leaves a last batch of 29 (15 + 14 on two ranks: uneven).
+    args = ["--batch-size", "128", "--lr-scheduler", "constant", "--epochs", "2", "--quiet"]
+    _single(tmp_path / "single", *args)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                    "-m", "mest_compile", "train", "--out", str(tmp_path / "pair"), *args, "--sync-bn"],
+                   env=_env(), check=True, capture_output=True, timeout=180)
+    # The statistics are summed in float64 from every rank's part, not in one float32 pass: losses
+    # 1e-6 apart, and an example on the edge may flip its prediction.
+    for got, ref in zip(_history(tmp_path / "pair"), _history(tmp_path / "single"), strict=True):
+        for key in ("train_loss", "test_loss", "sparsity"):
+            assert got[key] == pytest.approx(ref[key], rel=2e-5), (got["epoch"], key)
+        for key in ("train_acc", "test_acc"):
+            assert got[key] == pytest.approx(ref[key], abs=3e-3), (got["epoch"], key)
+    assert _history(tmp_path / "single")[-1]["train_acc"] > 0.2  # it learned: the comparison means something
+
+
+@pytest.mark.slow
 def test_masks_agree_across_ranks_after_mutation(runs: dict[str, Any]) -> None:
     summary = runs["pair_summary"]
     info = summary["distributed"]

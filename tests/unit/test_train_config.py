@@ -27,7 +27,7 @@ OLD_FLAT = {
 }
 # Settings added since, with their defaults (runs without them read as before).
 ADDED = {"engine": "torch", "rpc": None, "rpc_key": None, "prebuilt": None, "dist_backend": "auto",
-         "dist_timeout": 120.0, "packed_grads": True}
+         "dist_timeout": 120.0, "packed_grads": True, "sync_bn": False}
 
 
 def test_sections_flat_names_and_replace() -> None:
