@@ -34,11 +34,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-# Registration order is event order: the FLOPs counter hooks the model before anything copies it
-# (AGC's snapshot) and opens each epoch's count first; layers freeze before the mutation skips them;
-# masks mutate before data is removed, as in MEST; sieving sees what removal left; AGC's full pass
-# runs on the epoch's masks and examples. isort: skip_file
-from mest_compile.algorithms import training_flops  # noqa: F401, I001  (importing registers)
+# Registration order is event order: gradients are averaged across ranks before anything reads
+# them; the FLOPs counter hooks the model before anything copies it (AGC's snapshot) and opens each
+# epoch's count first; layers freeze before the mutation skips them; masks mutate before data is
+# removed, as in MEST; sieving sees what removal left; AGC's full pass runs on the epoch's masks and
+# examples. isort: skip_file
+from mest_compile.algorithms import distributed  # noqa: F401, I001  (importing registers)
+from mest_compile.algorithms import training_flops  # noqa: F401
 from mest_compile.algorithms import layer_freezing  # noqa: F401
 from mest_compile.algorithms import elastic_mutation  # noqa: F401
 from mest_compile.algorithms import data_efficiency  # noqa: F401

@@ -81,7 +81,8 @@ class DataEfficiency(TrainingAlgorithm):
         else:
             npresentations = trainer.config.optim.epochs if trainer.compat.npresentations_from_epochs else None
             ordered, counts, zeros = forgetting.sorted_by_forgetting(npresentations=npresentations)
-            write_importance(trainer.run_dir, ordered, counts, name=cfg.output_name)
+            if trainer.writer:
+                write_importance(trainer.run_dir, ordered, counts, name=cfg.output_name)
         drop = removal(ordered, cfg.keep_lowest_n, cfg.remove_n)
         keep = torch.ones(num_examples, dtype=torch.bool)
         keep[torch.as_tensor(drop, dtype=torch.long)] = False

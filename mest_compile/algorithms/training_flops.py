@@ -61,6 +61,7 @@ class TrainingFlops(TrainingAlgorithm):
         self.positions: dict[str, int] = {}
         self.dense_total = 0
         self._epoch_start_total = 0
+        self._epoch_start: dict[str, dict[str, int]] = {}
         self._probing = False
         self._forwards = 0
         self._forwards_before_step = 0
@@ -136,13 +137,28 @@ class TrainingFlops(TrainingAlgorithm):
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
         """Start the epoch's count (passes of other algorithms' epoch starts, AGC's, belong to it)."""
         self._epoch_start_total = self.total()
+        self._epoch_start = {name: dict(counts) for name, counts in self.by_layer.items()}
 
     def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
         """The epoch's FLOPs and its dense-equivalent go into the record."""
+        self._sum_over_ranks()
         dense = self.dense_epoch(len(trainer.data.train_y))
         self.dense_total += dense
         record["training_flops"] = self.total() - self._epoch_start_total
         record["dense_equivalent_flops"] = dense
+
+    def _sum_over_ranks(self) -> None:
+        """Data-parallel ranks each counted their part of every batch: the epoch's counts become the
+        sum over ranks (identical on every rank, so rank 0's summary and checkpoint hold the run's)."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        names = list(self.by_layer)
+        epoch = torch.tensor([[self.by_layer[n][p] - self._epoch_start.get(n, {}).get(p, 0) for p in PASSES]
+                              for n in names], dtype=torch.int64)
+        torch.distributed.all_reduce(epoch)
+        for row, name in zip(epoch.tolist(), names):
+            start = self._epoch_start.get(name, {})
+            self.by_layer[name] = {p: start.get(p, 0) + value for p, value in zip(PASSES, row)}
 
     def summary(self, trainer: Trainer) -> dict[str, Any]:
         """Totals, their ratio, and each layer's forward, input- and weight-gradient FLOPs."""

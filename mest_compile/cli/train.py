@@ -58,19 +58,25 @@ def train(config_file: str | None, out: str, resume: bool, quiet: bool, compare_
             raise MestError(f"{what} cannot be combined with --resume: settings come from the checkpoint "
                             "(only --epochs may extend the run)")
         trainer = Trainer.resume(pathlib.Path(out), epochs=flags["epochs"], progress=not quiet)
-        click.echo(f"resuming {out} at epoch {trainer.start_epoch + 1}/{trainer.config.epochs}", err=True)
+        if trainer.writer:
+            click.echo(f"resuming {out} at epoch {trainer.start_epoch + 1}/{trainer.config.epochs}", err=True)
     else:
         trainer = Trainer(TrainConfig.load(config_file, flags), pathlib.Path(out), progress=not quiet)
     summary = trainer.fit()
-    click.echo(format_summary(summary))
-    click.echo(f"\nrun directory: {out}")
+    echo = click.echo if trainer.writer else _silent  # one process of a data-parallel run speaks
+    echo(format_summary(summary))
+    echo(f"\nrun directory: {out}")
     if compare_dense:
         dense_dir = pathlib.Path(out) / "dense"
         dense = Trainer(dense_baseline(trainer.config), dense_dir, progress=not quiet).fit()
         gap = 100 * (summary["final_test_acc"] - dense["final_test_acc"])
-        click.echo(f"\n{100 * summary['sparsity']:.1f}% sparse: test accuracy {100 * summary['final_test_acc']:.2f}%"
-                   f"   dense: {100 * dense['final_test_acc']:.2f}%   difference {gap:+.2f} points"
-                   f"   (dense run in {dense_dir})")
+        echo(f"\n{100 * summary['sparsity']:.1f}% sparse: test accuracy {100 * summary['final_test_acc']:.2f}%"
+             f"   dense: {100 * dense['final_test_acc']:.2f}%   difference {gap:+.2f} points"
+             f"   (dense run in {dense_dir})")
+
+
+def _silent(message: str) -> None:
+    """Echoes nothing (the processes of a data-parallel run that do not write)."""
 
 
 def dense_baseline(config: TrainConfig) -> TrainConfig:

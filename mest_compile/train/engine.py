@@ -29,6 +29,9 @@ class StepEngine:
     """Runs training steps; the base is PyTorch eager (the `torch` engine)."""
 
     name = "torch"
+    # The step leaves the batch's gradients in `.grad` at `after_backward` and `optimizer.step()`
+    # applies them, so an algorithm can average them across processes (data-parallel training).
+    data_parallel = True
 
     def setup(self, trainer: Trainer) -> None:
         """Check the run can use this engine; called once, after the model, masks and optimizer exist."""

@@ -10,14 +10,17 @@ Per run the trainer emits, for every enabled algorithm in registration order::
     setup                                   once, after model, masks and optimizer exist
     on_fit_start                            every fit() call
       on_epoch_start -> record fields       every epoch, before training
+        shard_batch -> part                 every step: the part of the batch this process trains on
         before_step                         every step, before the forward
         after_backward                      after loss.backward(), before optimizer.step()
+        gather_outputs -> loss, logits      after optimizer.step(): the whole batch's outputs
         after_step                          after optimizer.step()
       on_epoch_end(record)
       on_checkpoint_save -> state           after every epoch
     summary -> fields, on_fit_end(summary)  at the end of fit()
 
-`on_mask_update` comes whenever an algorithm announces changed masks through
+`writes_outputs` says whether this process writes checkpoints, metrics, the summary, plots and
+progress. `on_mask_update` comes whenever an algorithm announces changed masks through
 `Trainer.masks_updated`, and `on_checkpoint_load` once, when a run resumes.
 
 Algorithms are registered in `ALGORITHMS` as an `AlgorithmSpec`: the config section it reads
@@ -89,6 +92,24 @@ class TrainingAlgorithm:
         turn, starting from all examples. Must keep the order of `active`.
         """
         return active
+
+    def shard_batch(self, trainer: Trainer, size: int) -> slice | None:
+        """The part of a batch of `size` examples this process trains on, or None for all of it.
+
+        Data-parallel training splits every batch across processes; at most one algorithm may.
+        """
+        return None
+
+    def gather_outputs(self, trainer: Trainer, loss: float, logits: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """The step's mean loss and logits over the whole batch, from this process's part of it.
+
+        Called before `after_step`, so every algorithm sees the whole batch's outputs.
+        """
+        return loss, logits
+
+    def writes_outputs(self, trainer: Trainer) -> bool:
+        """Whether this process writes the run's files and progress (one process of a data-parallel run)."""
+        return True
 
     def summary(self, trainer: Trainer) -> dict[str, Any]:
         """Fields this algorithm adds to the run's summary (summary.json)."""

@@ -109,6 +109,21 @@ class Trainer:
             active = algorithm.select_examples(self, active)
         return active
 
+    @property
+    def writer(self) -> bool:
+        """Whether this process writes the run's files and progress (every algorithm agrees)."""
+        return all(algorithm.writes_outputs(self) for algorithm in self.algorithms.values())
+
+    def shard(self, size: int) -> slice:
+        """The part of a batch of `size` examples this process trains on (all of it unless an
+        algorithm splits batches across processes)."""
+        parts = [(name, part) for name, algorithm in self.algorithms.items()
+                 if (part := algorithm.shard_batch(self, size)) is not None]
+        if len(parts) > 1:
+            raise MestError(f"training algorithms {parts[0][0]!r} and {parts[1][0]!r} both split the batch; "
+                            "enable one of them")
+        return parts[0][1] if parts else slice(None)
+
     def to_device(self, device: torch.device | str) -> None:
         """Train on `device`: the model (weights, masks) and the data splits move there. The
         optimizer keeps working (parameters move in place) and checkpoints load on any machine."""
@@ -156,22 +171,27 @@ class Trainer:
                 the process had been interrupted.
         """
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        report.rewrite_metrics(self.run_dir, self.history)
         self.emit("on_fit_start")
+        writer = self.writer
+        if writer:
+            report.rewrite_metrics(self.run_dir, self.history)
         epochs = self.config.optim.epochs
         end = epochs if stop_after is None else min(epochs, self.start_epoch + stop_after)
         for epoch in range(self.start_epoch, end):
             record = self.run_epoch(epoch)
-            if self.progress:
+            if self.progress and writer:
                 _echo_epoch(record, epochs)
             self.history.append(record)
-            report.append_metrics(self.run_dir, record)
-            checkpoint.save_checkpoint(checkpoint.checkpoint_path(self.run_dir), self.state_dict(epoch))
+            state = self.state_dict(epoch)  # every process: algorithms may gather state for it
+            if writer:
+                report.append_metrics(self.run_dir, record)
+                checkpoint.save_checkpoint(checkpoint.checkpoint_path(self.run_dir), state)
             self.start_epoch = epoch + 1
         summary = self.summary()
-        report.write_summary(self.run_dir, summary)
-        if self.history:
-            report.plot_history(self.run_dir, self.history)
+        if writer:
+            report.write_summary(self.run_dir, summary)
+            if self.history:
+                report.plot_history(self.run_dir, self.history)
         self.emit("on_fit_end", summary)
         return summary
 
@@ -216,10 +236,13 @@ class Trainer:
             for step, index in enumerate(bar):
                 self.emit("before_step", step, index)
                 x = self.data.train_x[index]
-                if self.data.augment:
+                if self.data.augment:  # the whole batch: the draws repeat however the batch is split
                     x = augment_batch(x, self.data_rng, fill=self.data.pad_fill)
                 y = self.data.train_y[index]
-                loss, logits = self.engine.step(self, x, y, step, step == len(batches) - 1)
+                part = self.shard(len(index))
+                loss, logits = self.engine.step(self, x[part], y[part], step, step == len(batches) - 1)
+                for algorithm in self.algorithms.values():
+                    loss, logits = algorithm.gather_outputs(self, loss, logits)
                 self.emit("after_step", step, logits, y, index)
                 total_loss += loss * len(y)
                 total_correct += int((logits.argmax(dim=1) == y).sum())
@@ -284,7 +307,7 @@ class Trainer:
         import click
 
         stderr = sys.stderr
-        if not self.progress or not stderr.isatty():  # a log file gets the epoch lines only
+        if not self.progress or not self.writer or not stderr.isatty():  # a log file gets the epoch lines only
             yield batches
             return
         with click.progressbar(batches, label=label, file=stderr) as bar:

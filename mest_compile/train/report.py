@@ -42,6 +42,11 @@ def format_summary(summary: dict[str, Any]) -> str:
     if summary.get("dense_equivalent_flops"):
         lines.append(f"training FLOPs {summary['training_flops']:.4g}, {100 * summary['flops_fraction']:.1f}% of "
                      f"dense training's {summary['dense_equivalent_flops']:.4g}")
+    parallel = summary.get("distributed")
+    if parallel:
+        lines.append(f"data-parallel: {parallel['world_size']} ranks ({parallel['backend']}), "
+                     f"{parallel['reduced_bytes_per_step'] / 1024:.1f} KiB reduced per step "
+                     f"(dense {parallel['dense_bytes_per_step'] / 1024:.1f} KiB), {parallel['mask_checks']} mask checks")
     kernels = summary.get("kernels")
     if kernels:
         compiled = sum(entry.get("status") == "compiled" for entry in kernels["layers"].values())

@@ -29,7 +29,8 @@ OLD_FLAT = {
 ADDED = {"engine": "torch", "rpc": None, "rpc_key": None, "prebuilt": None,
          "freeze": None, "freeze_start_epoch": None, "freeze_interval": 4, "freeze_unit": "block", "freeze_depth": None,
          "data_sieving": None, "sieving_interval": 5, "partial_ratio": 0.75, "sieving_criterion": "forgetting",
-         "agc": False, "agc_gamma": 0.1, "agc_ema": 0.3}
+         "agc": False, "agc_gamma": 0.1, "agc_ema": 0.3, "dist_backend": "auto", "dist_timeout": 120.0,
+         "packed_grads": True, "sync_bn": False}
 
 
 def test_sections_flat_names_and_replace() -> None:
@@ -59,8 +60,8 @@ def test_old_flat_and_new_nested_dicts_read_the_same() -> None:
     old = TrainConfig.from_dict(OLD_FLAT)
     assert old.data_efficiency.remove_n == 12000 and old.run.compat == ("npresentations_from_epochs",)
     nested = old.to_dict()
-    assert set(nested) == {"data", "sparse", "optim", "run", "flops", "freezing", "mutation", "data_efficiency",
-                           "sieving", "gradient_correction", "compile"}
+    assert set(nested) == {"data", "sparse", "optim", "run", "distributed", "flops", "freezing", "mutation",
+                           "data_efficiency", "sieving", "gradient_correction", "compile"}
     assert TrainConfig.from_dict(nested) == old
     flat_again = {key: value for section in nested.values() for key, value in section.items()}
     assert flat_again == {**OLD_FLAT, **ADDED}

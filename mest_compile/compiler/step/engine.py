@@ -42,6 +42,8 @@ class TvmEngine(StepEngine):
     """Runs each training step as one compiled TVM function (see the module docstring)."""
 
     name = "tvm"
+    # The step updates the weights inside TVM: no gradients in `.grad` to average across processes.
+    data_parallel = False
 
     def __init__(self, policy: RecompilePolicy | None = None) -> None:
         self.policy = policy or RecompilePolicy()
