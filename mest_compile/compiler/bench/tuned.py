@@ -12,15 +12,13 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from mest_compile.compiler.bench.layers import distinct_layers
 from mest_compile.compiler.bench.phases import phase_calls
 from mest_compile.compiler.bench.timing import interleaved
 from mest_compile.compiler.cpu import cpu_name
 from mest_compile.compiler.families import family_for
 from mest_compile.compiler.formats.geometry import ConvGeometry
-from mest_compile.compiler.runtime.cache import kernels_for
+from mest_compile.compiler.runtime.cache import kernels_for, quiet_torch_threads
 from mest_compile.compiler.runtime.records import TunedChoices
 from mest_compile.compiler.target import Target, as_target, threads
 from mest_compile.compiler.tune.machine import QuickRecords
@@ -77,7 +75,7 @@ def run_quick_bench(scheme: str, sparsity: float, model: str, batch: int, image:
 def compare_records(records: TunedChoices, label: str, layers: list[TunedLayer], reps: int,
                     seed: int) -> dict[str, Any]:
     """Each layer's kernels built with `records` against the hand-written ones, interleaved."""
-    torch.set_num_threads(threads())
+    quiet_torch_threads()  # as compiled training does: PyTorch's workers must not spin beside the kernels
     target = as_target("host")
     rows = [_layer(records, target, layer, reps, seed) for layer in layers]
     untuned = sum(r["count"] * r["untuned_ms"] for r in rows)
