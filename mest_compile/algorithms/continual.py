@@ -38,6 +38,9 @@ class ContinualConfig:
                                           "(off when empty); --epochs are shared equally by the tasks")
     # None: the benchmark's own count (5 for digits and CIFAR-10, 10 for CIFAR-100, as in SparCL).
     tasks: int | None = setting(None, "number of tasks, each an equal share of the classes")
+    # Off is plain class-incremental DER++; SparCL's script turns it on (--use_cl_mask).
+    cl_mask: bool = setting(False, "the current batch's cross-entropy over its own task's classes only (SparCL's "
+                                   "cl_mask); rehearsal losses still span every class")
 
     def __post_init__(self) -> None:
         if self.continual is not None:
@@ -95,6 +98,14 @@ class Continual(TrainingAlgorithm):
         if split.local_epoch(epoch) == 0 and self.task > 0:
             trainer.optimizer.state.clear()
         return {"task": self.task}
+
+    def training_logits(self, trainer: Trainer, logits: torch.Tensor) -> torch.Tensor:
+        """With `cl_mask`, other tasks' classes get -inf: the current batch cannot push old classes down."""
+        if not self.config.cl_mask:
+            return logits
+        outside = torch.ones(logits.shape[-1], dtype=torch.bool, device=logits.device)
+        outside[self._split().classes(self.task)] = False
+        return logits.masked_fill(outside, float("-inf"))
 
     def select_examples(self, trainer: Trainer, active: torch.Tensor) -> torch.Tensor:
         """Only the current task's examples, in the order of `active`."""

@@ -79,3 +79,14 @@ def test_summary_metrics_and_plot(tmp_path: pathlib.Path) -> None:
 ])
 def test_bad_input_is_refused(refused_train: Callable[[list[str], str], None], flags: list[str], needle: str) -> None:
     refused_train(flags, needle)
+
+
+def test_cl_mask_hides_other_tasks_classes_from_the_current_loss(tmp_path: pathlib.Path) -> None:
+    trainer = Trainer(TrainConfig(**CONFIG, cl_mask=True), tmp_path)
+    trainer.algorithms["continual"].on_epoch_start(trainer, 2)  # task 1: classes 5..9
+    logits = torch.randn(3, 10, requires_grad=True)
+    y = torch.tensor([5, 7, 9])
+    loss = trainer.training_loss(logits, y)
+    assert torch.allclose(loss, torch.nn.functional.cross_entropy(logits[:, 5:], y - 5))
+    loss.backward()
+    assert not logits.grad[:, :5].any()

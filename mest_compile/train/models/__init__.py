@@ -14,11 +14,13 @@ from torch import nn
 
 from mest_compile.errors import MestError
 from mest_compile.registry import Registry
+from mest_compile.train.models.resnet18_mammoth import resnet18_mammoth
 from mest_compile.train.models.resnet32 import resnet32
 from mest_compile.train.models.small_cnn import small_cnn
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 MODELS.add("resnet32", resnet32)
+MODELS.add("resnet18_mammoth", resnet18_mammoth, aliases=("resnet18-mammoth",))
 MODELS.add("small_cnn", small_cnn, aliases=("small-cnn",))
 
 
