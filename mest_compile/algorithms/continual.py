@@ -81,6 +81,9 @@ class Continual(TrainingAlgorithm):
         if trainer.data.name != dataset:
             raise MestError(f"--continual {name} splits the {dataset} dataset, not {trainer.data.name}")
         self.split = task_split(trainer.config, trainer.data.num_classes)
+        empty = [t for t in range(self.split.tasks) if not self.split.members(trainer.data.train_y, t).numel()]
+        if empty:
+            raise MestError(f"task {empty[0]} of --continual {name} has no training examples")
 
     def _split(self) -> TaskSplit:
         if self.split is None:

@@ -90,3 +90,26 @@ def test_cl_mask_hides_other_tasks_classes_from_the_current_loss(tmp_path: pathl
     assert torch.allclose(loss, torch.nn.functional.cross_entropy(logits[:, 5:], y - 5))
     loss.backward()
     assert not logits.grad[:, :5].any()
+
+
+def test_split_cifar10_reads_cifar10_from_the_data_dir(tmp_path: pathlib.Path) -> None:
+    import importlib.util
+
+    from click.testing import CliRunner
+
+    from mest_compile.cli import cli
+
+    # The tiny CIFAR tree of the dataset tests (tests are not a package: load the module by path).
+    spec = importlib.util.spec_from_file_location("cifar_tree", pathlib.Path(__file__).with_name("test_datasets.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.make_cifar(tmp_path / "data", hundred=False)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["train", "--continual", "split-cifar10", "--tasks", "2", "--epochs", "2",
+                                      "--replay", "derpp", "--buffer-size", "8", "--data-dir", str(tmp_path / "data"),
+                                      "--quiet", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["dataset"] == "cifar10" and summary["tasks"] == 2
+    assert len(summary["accuracy_matrix"]) == 2 and all(len(row) == 2 for row in summary["accuracy_matrix"])
