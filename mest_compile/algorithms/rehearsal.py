@@ -3,7 +3,8 @@
 After every optimizer step the step's examples (the stored image is the un-augmented one) enter
 the reservoir buffer with the logits the step computed before its update, DER++'s targets. From
 the second task on, after the current batch's backward the method's buffer loss is computed on
-fresh buffer draws and back-propagated too: gradients add, so the optimizer applies
+fresh buffer draws (augmented as training batches are, on the trainer's data generator) and
+back-propagated too: gradients add, so the optimizer applies
 `CE + alpha MSE + beta CE'` (DER++) as one step. It runs before any algorithm that reads or masks
 the gradient (Elastic Mutation's score, SparCL's gradient masking), and its forwards pass through
 the model's hooked layers, so the FLOPs counter counts them.
@@ -19,6 +20,7 @@ import torch
 
 from mest_compile.algorithms.continual import task_split
 from mest_compile.errors import MestError
+from mest_compile.train.augment import augment_batch
 from mest_compile.train.continual.buffer import ReservoirBuffer
 from mest_compile.train.continual.replay import REPLAY
 from mest_compile.train.events import ALGORITHMS, AlgorithmSpec, TrainingAlgorithm
@@ -86,7 +88,15 @@ class Rehearsal(TrainingAlgorithm):
         if self.task == 0 or not len(buffer):
             return
         cfg = self.config
-        loss = self.method(trainer.model, buffer, trainer.config.optim.batch_size, cfg.replay_alpha, cfg.replay_beta)
+
+        def draw(size: int) -> dict[str, torch.Tensor]:
+            # Stored un-augmented; augmented per draw like a training batch (SparCL's buffer transform).
+            batch = buffer.draw(size)
+            if trainer.data.augment:
+                batch["x"] = augment_batch(batch["x"], trainer.data_rng, fill=trainer.data.pad_fill)
+            return batch
+
+        loss = self.method(trainer.model, draw, trainer.config.optim.batch_size, cfg.replay_alpha, cfg.replay_beta)
         loss.backward()
 
     def after_step(self, trainer: Trainer, step: int, logits: torch.Tensor, y: torch.Tensor,

@@ -48,7 +48,7 @@ def test_derpp_loss_equals_the_hand_formula() -> None:
     buffer = ReservoirBuffer(5, 1)
     buffer.add_(torch.randn(5, 3), torch.tensor([0, 1, 2, 3, 1]), torch.randn(5, 4))
     state = buffer.generator.get_state()
-    loss = derpp_loss(model, buffer, 2, 0.1, 0.5)
+    loss = derpp_loss(model, buffer.draw, 2, 0.1, 0.5)
     buffer.generator.set_state(state)
     first, second = (torch.randperm(5, generator=buffer.generator)[:2] for _ in range(2))
     x, y, z = buffer.storage["x"], buffer.storage["y"], buffer.storage["logits"]
