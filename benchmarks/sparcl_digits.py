@@ -2,6 +2,7 @@
 
     PYTHONPATH=. python benchmarks/sparcl_digits.py --out runs/sparcl --jobs 2   # results.json there
     PYTHONPATH=. python benchmarks/sparcl_digits.py --out runs/sparcl_c --variants sparse sparcl --compiled
+    PYTHONPATH=. python benchmarks/sparcl_digits.py --flags="--epochs 50 --tdm-every 2 --ddr-every 2"  # 10 per task
 
 Each run is a `mest-compile train` process (`--jobs` at a time, one torch thread each); the table
 gives, per variant, the mean over seeds of Class-IL and Task-IL accuracy, forgetting, counted
@@ -34,10 +35,10 @@ VARIANTS: dict[str, list[str]] = {
 }
 
 
-def run(name: str, seed: int, out: pathlib.Path, compiled: bool) -> dict[str, Any]:
+def run(name: str, seed: int, out: pathlib.Path, compiled: bool, extra: list[str]) -> dict[str, Any]:
     """One run's summary numbers and its wall time per task."""
     run_dir = out / f"{name}-s{seed}"
-    flags = [*VARIANTS[name], "--seed", str(seed), "--threads", "1", "--quiet", "--out", str(run_dir)]
+    flags = [*VARIANTS[name], *extra, "--seed", str(seed), "--threads", "1", "--quiet", "--out", str(run_dir)]
     if compiled:
         flags += ["--compiled", "--fallback", "never"]
     command = [sys.executable, "-c", "from mest_compile.cli import main; main()", "train", "--config", str(CONFIG), *flags]
@@ -59,10 +60,11 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--compiled", action="store_true", help="sparse layers on compiled TVM kernels")
+    parser.add_argument("--flags", default="", help="train flags added to every run (over the recipe)")
     args = parser.parse_args()
     jobs = [(name, seed) for name in args.variants for seed in args.seeds]
     with ThreadPoolExecutor(args.jobs) as pool:
-        done = list(pool.map(lambda job: run(*job, args.out, args.compiled), jobs))
+        done = list(pool.map(lambda job: run(*job, args.out, args.compiled, args.flags.split()), jobs))
     results = {f"{name}-s{seed}": result for (name, seed), result in zip(jobs, done)}
     atomic_write_text(args.out / "results.json", json.dumps(results, indent=2) + "\n")
     dense = [r["flops"] for key, r in results.items() if key.startswith("dense-")]
