@@ -81,7 +81,8 @@ class DynamicGradientMasking(TrainingAlgorithm):
 
     def on_checkpoint_load(self, trainer: Trainer, state: Mapping[str, Any]) -> None:
         """Restore them on the model's device."""
-        self._set({name: torch.as_tensor(mask).to(self.layers[name].mask.device) for name, mask in state["masks"].items()})
+        self._set({name: torch.as_tensor(mask).to(self.layers[name].mask.device)
+                   for name, mask in state["masks"].items()})
         self.refresh = bool(state["refresh"])
 
 

@@ -4,10 +4,11 @@ Every conv and linear layer gets a forward hook. A forward in training mode coun
 FLOPs at the layer's density (its mask's nonzeros); when autograd records that forward, the
 backward that will run is counted with it: the weight gradient when the weight trains, the input
 gradient when the input needs one (autograd skips it below the first trainable layer). Frozen
-layers, sieved or removed data, rehearsal's buffer passes and AGC's extra passes (its snapshot is a copy of the model and
-carries the same hooks) are therefore counted as they happen, and no algorithm reports to the
-counter. A layer's `weight_grad_mask` (SparCL's gradient masking) narrows its weight gradient. Evaluation runs in eval mode and is not counted. A step that runs no PyTorch forward
-(`--engine tvm` compiles the whole step) is counted from the masks: what that step computes.
+layers, sieved or removed data, rehearsal's buffer passes and AGC's extra passes (its snapshot is
+a copy of the model and carries the same hooks) are therefore counted as they happen, and no
+algorithm reports to the counter. A layer's `weight_grad_mask` (SparCL's gradient masking) narrows
+its weight gradient. Evaluation runs in eval mode and is not counted. A step that runs no PyTorch
+forward (`--engine tvm` compiles the whole step) is counted from the masks: what that step computes.
 
 A multiply-add is 2 FLOPs. Batch norms, activations and the loss are not counted (elementwise,
 a few percent of a conv). The dense-equivalent is plain dense training of the same model on the

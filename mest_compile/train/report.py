@@ -43,8 +43,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"training FLOPs {summary['training_flops']:.4g}, {100 * summary['flops_fraction']:.1f}% of "
                      f"dense training's {summary['dense_equivalent_flops']:.4g}")
     if summary.get("accuracy_matrix"):
-        lines.append(f"continual {summary['continual']} ({summary['tasks']} tasks): Class-IL {100 * summary['class_il_accuracy']:.2f}%"
-                     f"  Task-IL {100 * summary['task_il_accuracy']:.2f}%  forgetting {100 * summary['forgetting']:.2f} points")
+        lines.append(f"continual {summary['continual']} ({summary['tasks']} tasks): "
+                     f"Class-IL {100 * summary['class_il_accuracy']:.2f}%  Task-IL {100 * summary['task_il_accuracy']:.2f}%"
+                     f"  forgetting {100 * summary['forgetting']:.2f} points")
     kernels = summary.get("kernels")
     if kernels:
         compiled = sum(entry.get("status") == "compiled" for entry in kernels["layers"].values())

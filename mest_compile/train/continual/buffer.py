@@ -81,7 +81,8 @@ class ReservoirBuffer:
     def load_state_dict(self, state: Mapping[str, Any], device: torch.device | str = "cpu") -> None:
         """Restore `state_dict()`'s output, the stored tensors on `device`."""
         if set(state) != {"seen", "generator", "storage"} or set(state["storage"]) - set(FIELDS):
-            raise MestError(f"rehearsal buffer state must have keys ['generator', 'seen', 'storage'], got {sorted(state)}")
+            raise MestError("rehearsal buffer state must have keys ['generator', 'seen', 'storage'], "
+                            f"got {sorted(state)}")
         self.seen = int(state["seen"])
         self.generator.set_state(state["generator"])
         self.storage = {key: torch.as_tensor(value).to(device).clone() for key, value in state["storage"].items()}
