@@ -1,4 +1,4 @@
-"""Training algorithms on the trainer's events: MEST's Elastic Mutation, data efficiency, compiled kernels.
+"""Training algorithms on the trainer's events: MEST's Elastic Mutation, data efficiency, SparCL, compiled kernels.
 
 Each algorithm is one file holding its config section (a frozen dataclass whose fields are the
 algorithm's settings) and its `TrainingAlgorithm`, and registers both in
@@ -35,17 +35,24 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 # Registration order is event order: gradients are averaged across ranks before anything reads
-# them; the FLOPs counter hooks the model before anything copies it (AGC's snapshot) and opens each
-# epoch's count first; layers freeze before the mutation skips them; masks mutate before data is
-# removed, as in MEST; sieving sees what removal left; AGC's full pass runs on the epoch's masks and
-# examples. isort: skip_file
+# them (continual learning refuses data-parallel runs); the FLOPs counter hooks the model before
+# anything copies it (AGC's snapshot) and opens each epoch's count first; the continual task is set
+# before anything reads it, and rehearsal's buffer gradient is added before anything reads or masks
+# gradients (SparCL's gradient masking comes after AGC's correction, last); layers freeze before the
+# mutation skips them; masks mutate before data is removed, as in MEST; sieving sees what removal
+# left; AGC's full pass runs on the epoch's masks and examples. isort: skip_file
 from mest_compile.algorithms import distributed  # noqa: F401, I001  (importing registers)
 from mest_compile.algorithms import training_flops  # noqa: F401
+from mest_compile.algorithms import continual  # noqa: F401
+from mest_compile.algorithms import rehearsal  # noqa: F401
 from mest_compile.algorithms import layer_freezing  # noqa: F401
 from mest_compile.algorithms import elastic_mutation  # noqa: F401
+from mest_compile.algorithms import tdm  # noqa: F401
 from mest_compile.algorithms import data_efficiency  # noqa: F401
+from mest_compile.algorithms import ddr  # noqa: F401
 from mest_compile.algorithms import data_sieving  # noqa: F401
 from mest_compile.algorithms import agc  # noqa: F401
+from mest_compile.algorithms import dgm  # noqa: F401
 from mest_compile.algorithms import compiled  # noqa: F401
 from mest_compile.train.events import ALGORITHMS, AlgorithmSpec, TrainingAlgorithm
 

@@ -4,10 +4,11 @@ Every conv and linear layer gets a forward hook. A forward in training mode coun
 FLOPs at the layer's density (its mask's nonzeros); when autograd records that forward, the
 backward that will run is counted with it: the weight gradient when the weight trains, the input
 gradient when the input needs one (autograd skips it below the first trainable layer). Frozen
-layers, sieved or removed data and AGC's extra passes (its snapshot is a copy of the model and
-carries the same hooks) are therefore counted as they happen, and no algorithm reports to the
-counter. Evaluation runs in eval mode and is not counted. A step that runs no PyTorch forward
-(`--engine tvm` compiles the whole step) is counted from the masks: what that step computes.
+layers, sieved or removed data, rehearsal's buffer passes and AGC's extra passes (its snapshot is
+a copy of the model and carries the same hooks) are therefore counted as they happen, and no
+algorithm reports to the counter. A layer's `weight_grad_mask` (SparCL's gradient masking) narrows
+its weight gradient. Evaluation runs in eval mode and is not counted. A step that runs no PyTorch
+forward (`--engine tvm` compiles the whole step) is counted from the masks: what that step computes.
 
 A multiply-add is 2 FLOPs. Batch norms, activations and the loss are not counted (elementwise,
 a few percent of a conv). The dense-equivalent is plain dense training of the same model on the
@@ -47,6 +48,13 @@ def output_positions(module: nn.Module, output: torch.Tensor) -> int:
 def used_weights(module: nn.Module) -> int:
     """The weights a forward multiplies: the mask's nonzeros for a sparse layer."""
     return int(module.mask.sum()) if isinstance(module, SparseConv2d) else module.weight.numel()
+
+
+def weight_grad_entries(module: nn.Module) -> int:
+    """The weight-gradient entries a backward needs: those of the layer's `weight_grad_mask` when an
+    algorithm set one (SparCL's gradient masking applies no others), else every used weight's."""
+    grad_mask = getattr(module, "weight_grad_mask", None)
+    return int(grad_mask.sum()) if grad_mask is not None else used_weights(module)
 
 
 class TrainingFlops(TrainingAlgorithm):
@@ -101,7 +109,8 @@ class TrainingFlops(TrainingAlgorithm):
         counts = self.by_layer[name]
         counts["forward"] += flops
         if torch.is_grad_enabled():
-            counts["weight_grad"] += flops if module.weight.requires_grad else 0
+            wgrad = 2 * weight_grad_entries(module) * output_positions(module, output)
+            counts["weight_grad"] += wgrad if module.weight.requires_grad else 0
             counts["input_grad"] += flops if x.requires_grad else 0
         self._forwards += 1
 

@@ -48,6 +48,7 @@ def with_config_options(command: Callable[..., Any]) -> Callable[..., Any]:
 def train(config_file: str | None, out: str, resume: bool, quiet: bool, compare_dense: bool,
           **flags: Any) -> None:
     """Train a sparse model with MEST's Elastic Mutation and Soft Memory Bound."""
+    from mest_compile.algorithms.continual import with_benchmark_dataset
     from mest_compile.train.loop import Trainer
     from mest_compile.train.report import format_summary
 
@@ -61,7 +62,8 @@ def train(config_file: str | None, out: str, resume: bool, quiet: bool, compare_
         if trainer.writer:
             click.echo(f"resuming {out} at epoch {trainer.start_epoch + 1}/{trainer.config.epochs}", err=True)
     else:
-        trainer = Trainer(TrainConfig.load(config_file, flags), pathlib.Path(out), progress=not quiet)
+        config = with_benchmark_dataset(TrainConfig.load(config_file, flags))
+        trainer = Trainer(config, pathlib.Path(out), progress=not quiet)
     summary = trainer.fit()
     echo = click.echo if trainer.writer else _silent  # one process of a data-parallel run speaks
     echo(format_summary(summary))
@@ -84,7 +86,8 @@ def dense_baseline(config: TrainConfig) -> TrainConfig:
     training, what a sparse run is judged against."""
     return dataclasses.replace(config, profile="dense", ratio_space="overall", lower_bound=None, upper_bound=None,
                                mask_update_decay_epoch=None, data_efficient=False, remove_data_epoch=None,
-                               remove_n=0, sorting_file=None, data_sieving=None, freeze=None, agc=False)
+                               remove_n=0, sorting_file=None, data_sieving=None, freeze=None, agc=False,
+                               sparcl=False, tdm=False, ddr=False, dgm=False)
 
 
 @contextlib.contextmanager

@@ -37,6 +37,9 @@ def section_types() -> dict[str, type]:
     """
     sections = dict(CORE_SECTIONS)
     for spec in algorithm_specs().values():
+        # Algorithms may share one section (SparCL's three parts): the same dataclass, declared once.
+        if spec.section in sections and sections[spec.section] is spec.config:
+            continue
         if spec.section in sections:
             raise ValueError(f"config section {spec.section!r} is declared twice")
         sections[spec.section] = spec.config

@@ -16,7 +16,6 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 
 from mest_compile.errors import MestError
 from mest_compile.registry import Registry
@@ -44,7 +43,7 @@ class StepEngine:
     def step(self, trainer: Trainer, x: torch.Tensor, y: torch.Tensor, step: int, last: bool) -> tuple[float, torch.Tensor]:
         """One optimizer step on batch `(x, y)`; emits `after_backward`. Returns the loss and the logits."""
         logits = trainer.model(x)
-        loss = F.cross_entropy(logits, y)
+        loss = trainer.training_loss(logits, y)
         trainer.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         trainer.emit("after_backward", step, last)

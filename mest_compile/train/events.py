@@ -12,6 +12,7 @@ Per run the trainer emits, for every enabled algorithm in registration order::
       on_epoch_start -> record fields       every epoch, before training
         shard_batch -> part                 every step: the part of the batch this process trains on
         before_step                         every step, before the forward
+        training_logits -> logits           the forward's logits the loss is computed from
         after_backward                      after loss.backward(), before optimizer.step()
         gather_outputs -> loss, logits      after optimizer.step(): the whole batch's outputs
         after_step                          after optimizer.step()
@@ -74,6 +75,14 @@ class TrainingAlgorithm:
 
     def before_step(self, trainer: Trainer, step: int, batch_index: torch.Tensor) -> None:
         """Before the forward pass of step `step` on the examples `batch_index`."""
+
+    def training_logits(self, trainer: Trainer, logits: torch.Tensor) -> torch.Tensor:
+        """The logits the step's loss is computed from, given the current batch's forward output.
+
+        Identity by default; a class-incremental run masks other tasks' classes (SparCL's
+        cl_mask). The step still returns, and algorithms still see, the unmasked logits.
+        """
+        return logits
 
     def after_backward(self, trainer: Trainer, step: int, last: bool) -> None:
         """Gradients exist, the optimizer has not stepped; `last` marks the epoch's last step."""

@@ -101,6 +101,12 @@ class Trainer:
         """Called by an algorithm that changed the masks of `layers`: every algorithm hears of it."""
         self.emit("on_mask_update", epoch, layers)
 
+    def training_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The step's loss on its forward output: cross-entropy of the logits the algorithms pass on."""
+        for algorithm in self.algorithms.values():
+            logits = algorithm.training_logits(self, logits)
+        return F.cross_entropy(logits, y)
+
     @property
     def active(self) -> torch.Tensor:
         """Dataset indices of the examples still trained on (the algorithms may remove some)."""

@@ -47,6 +47,10 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"data-parallel: {parallel['world_size']} ranks ({parallel['backend']}), "
                      f"{parallel['reduced_bytes_per_step'] / 1024:.1f} KiB reduced per step "
                      f"(dense {parallel['dense_bytes_per_step'] / 1024:.1f} KiB), {parallel['mask_checks']} mask checks")
+    if summary.get("accuracy_matrix"):
+        lines.append(f"continual {summary['continual']} ({summary['tasks']} tasks): "
+                     f"Class-IL {100 * summary['class_il_accuracy']:.2f}%  Task-IL {100 * summary['task_il_accuracy']:.2f}%"
+                     f"  forgetting {100 * summary['forgetting']:.2f} points")
     kernels = summary.get("kernels")
     if kernels:
         compiled = sum(entry.get("status") == "compiled" for entry in kernels["layers"].values())
@@ -100,8 +104,14 @@ def plot_history(run_dir: pathlib.Path, history: Sequence[dict[str, Any]]) -> pa
     sp_ax.set_xlabel("epoch")
     sp_ax.legend(loc="best", fontsize="small")
     sp_ax.grid(alpha=0.3)
+    return save_png(fig, run_dir / PLOT)
+
+
+def save_png(fig: Any, path: pathlib.Path) -> pathlib.Path:
+    """Write a matplotlib figure as a PNG in one rename (a reader never sees half a file), and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    path = run_dir / PLOT
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=100)
     plt.close(fig)

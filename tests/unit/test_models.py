@@ -87,7 +87,7 @@ def test_small_cnn_options() -> None:
 
 
 def test_build_model_errors() -> None:
-    assert MODELS.names() == ["resnet32", "small_cnn"]
+    assert MODELS.names() == ["resnet32", "resnet18_mammoth", "small_cnn", "small_cnn_wide"]
     with pytest.raises(MestError, match="unknown model 'vgg19'.*resnet32"):
         build_model("vgg19", num_classes=10, in_channels=3)
     with pytest.raises(MestError, match="num_classes.*0"):
@@ -96,3 +96,13 @@ def test_build_model_errors() -> None:
         build_model("resnet32", num_classes=10, in_channels=2.5)  # type: ignore[arg-type]
     with pytest.raises(MestError, match="no option 'depth'"):
         build_model("resnet32", num_classes=10, in_channels=3, depth=20)
+
+
+def test_resnet18_mammoth_layout() -> None:
+    model = build_model("resnet18_mammoth", num_classes=10, in_channels=3, nf=20)
+    convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    # Stem, 16 block convs, 3 shortcut convs (stages 2-4).
+    assert len(convs) == 20 and convs[0] == "conv1" and "layer2.0.shortcut.0" in convs
+    assert model.linear.in_features == 160
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    assert sum(p.numel() for p in build_model("resnet18_mammoth", 10, 3).parameters()) == 11_173_962

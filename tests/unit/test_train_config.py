@@ -30,7 +30,12 @@ ADDED = {"engine": "torch", "rpc": None, "rpc_key": None, "prebuilt": None,
          "freeze": None, "freeze_start_epoch": None, "freeze_interval": 4, "freeze_unit": "block", "freeze_depth": None,
          "data_sieving": None, "sieving_interval": 5, "partial_ratio": 0.75, "sieving_criterion": "forgetting",
          "agc": False, "agc_gamma": 0.1, "agc_ema": 0.3, "dist_backend": "auto", "dist_timeout": 120.0,
-         "packed_grads": True, "sync_bn": False}
+         "packed_grads": True, "sync_bn": False,
+         "continual": None, "tasks": None, "cl_mask": False,
+         "replay": None, "buffer_size": 500, "replay_alpha": 0.1, "replay_beta": 0.5,
+         "sparcl": False, "tdm": False, "tdm_lambda": 0.5, "tdm_swap": 0.01, "tdm_every": 5, "tdm_until": 0.9,
+         "ddr": False, "ddr_fraction": 0.3, "ddr_events": 4, "ddr_every": 5,
+         "dgm": False, "dgm_keep": 0.8, "dgm_every": 30}
 
 
 def test_sections_flat_names_and_replace() -> None:
@@ -60,8 +65,9 @@ def test_old_flat_and_new_nested_dicts_read_the_same() -> None:
     old = TrainConfig.from_dict(OLD_FLAT)
     assert old.data_efficiency.remove_n == 12000 and old.run.compat == ("npresentations_from_epochs",)
     nested = old.to_dict()
-    assert set(nested) == {"data", "sparse", "optim", "run", "distributed", "flops", "freezing", "mutation",
-                           "data_efficiency", "sieving", "gradient_correction", "compile"}
+    assert set(nested) == {"data", "sparse", "optim", "run", "distributed", "flops", "continual_learning",
+                           "rehearsal", "freezing", "mutation", "sparse_continual", "data_efficiency", "sieving",
+                           "gradient_correction", "compile"}
     assert TrainConfig.from_dict(nested) == old
     flat_again = {key: value for section in nested.values() for key, value in section.items()}
     assert flat_again == {**OLD_FLAT, **ADDED}
@@ -98,7 +104,7 @@ def test_shipped_recipes_load_unchanged() -> None:
     assert recipes
     for recipe in recipes:
         config = TrainConfig.load(recipe, {})
-        assert config.data.model in ("resnet32", "small_cnn")
+        assert config.data.model in ("resnet32", "small_cnn", "small_cnn_wide")
 
 
 def test_train_reads_a_nested_config(tmp_path: pathlib.Path) -> None:
