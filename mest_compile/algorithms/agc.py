@@ -27,7 +27,7 @@ from torch import nn
 
 from mest_compile.errors import MestError
 from mest_compile.train.events import ALGORITHMS, AlgorithmSpec, TrainingAlgorithm
-from mest_compile.train.sections import setting
+from mest_compile.train.sections import require_non_negative, setting
 
 if TYPE_CHECKING:
     from mest_compile.train.loop import Trainer
@@ -45,8 +45,7 @@ class AGCConfig:
     agc_ema: float = setting(0.3, "rate of the moving average of the loss slope tau (AGENT's alpha)")
 
     def __post_init__(self) -> None:
-        if self.agc_gamma < 0:
-            raise MestError(f"agc_gamma must be >= 0, got {self.agc_gamma!r}")
+        require_non_negative(self, "agc_gamma")
         if not 0.0 < self.agc_ema <= 1.0:
             raise MestError(f"agc_ema must lie in (0, 1], got {self.agc_ema!r}")
 

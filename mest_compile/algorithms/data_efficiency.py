@@ -18,7 +18,7 @@ import torch
 from mest_compile.errors import MestError
 from mest_compile.sparsity.data_efficiency import (ForgettingTracker, example_statistics, read_importance, removal,
                                                    write_importance)
-from mest_compile.train.sections import setting
+from mest_compile.train.sections import require_non_negative, setting
 from mest_compile.train.events import ALGORITHMS, AlgorithmSpec, TrainingAlgorithm
 
 if TYPE_CHECKING:
@@ -38,9 +38,7 @@ class DataEfficiencyConfig:
     output_name: str = setting("mest", "prefix of the written importance file")
 
     def __post_init__(self) -> None:
-        for name in ("remove_n", "keep_lowest_n"):
-            if getattr(self, name) < 0:
-                raise MestError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        require_non_negative(self, "remove_n", "keep_lowest_n")
 
 
 class DataEfficiency(TrainingAlgorithm):

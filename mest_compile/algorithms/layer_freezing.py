@@ -21,7 +21,7 @@ from torch.utils.hooks import RemovableHandle
 from mest_compile.errors import MestError
 from mest_compile.registry import Registry
 from mest_compile.train.events import ALGORITHMS, AlgorithmSpec, TrainingAlgorithm
-from mest_compile.train.sections import setting
+from mest_compile.train.sections import require_non_negative, setting
 
 if TYPE_CHECKING:
     from mest_compile.train.loop import Trainer
@@ -60,8 +60,7 @@ class LayerFreezingConfig:
             raise MestError(f"freeze must be one of {', '.join(SCHEDULES.names())}, got {self.freeze!r}")
         if self.freeze_unit not in UNITS:
             raise MestError(f"freeze_unit must be {' or '.join(UNITS)}, got {self.freeze_unit!r}")
-        if self.freeze_start_epoch is not None and self.freeze_start_epoch < 0:
-            raise MestError(f"freeze_start_epoch must be >= 0, got {self.freeze_start_epoch}")
+        require_non_negative(self, "freeze_start_epoch")
         for name in ("freeze_interval", "freeze_depth"):
             value = getattr(self, name)
             if value is not None and value < 1:

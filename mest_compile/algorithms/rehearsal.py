@@ -24,7 +24,7 @@ from mest_compile.train.augment import augment_batch
 from mest_compile.train.continual.buffer import ReservoirBuffer
 from mest_compile.train.continual.replay import REPLAY
 from mest_compile.train.events import ALGORITHMS, AlgorithmSpec, TrainingAlgorithm
-from mest_compile.train.sections import require_positive, setting
+from mest_compile.train.sections import require_non_negative, require_positive, setting
 
 if TYPE_CHECKING:
     from mest_compile.train.continual.tasks import TaskSplit
@@ -49,9 +49,7 @@ class RehearsalConfig:
         if self.replay is not None:
             REPLAY.get(self.replay)  # an unknown method fails here, listing the known ones
         require_positive(self, "buffer_size")
-        for name in ("replay_alpha", "replay_beta"):
-            if getattr(self, name) < 0:
-                raise MestError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        require_non_negative(self, "replay_alpha", "replay_beta")
 
 
 class Rehearsal(TrainingAlgorithm):

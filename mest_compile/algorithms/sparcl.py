@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mest_compile.errors import MestError
-from mest_compile.train.sections import require_positive, setting
+from mest_compile.train.sections import require_non_negative, require_positive, setting
 
 SECTION = "sparse_continual"
 
@@ -49,8 +49,7 @@ class SparCLConfig:
             value = getattr(self, name)
             if not low <= value <= high:
                 raise MestError(f"{name} must be in [{low}, {high}], got {value!r}")
-        if self.tdm_lambda < 0:
-            raise MestError(f"tdm_lambda must be >= 0, got {self.tdm_lambda!r}")
+        require_non_negative(self, "tdm_lambda")
 
     def uses(self, part: str) -> bool:
         """Whether part `tdm`, `ddr` or `dgm` is on (by its own flag or by --sparcl)."""

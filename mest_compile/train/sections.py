@@ -87,5 +87,13 @@ def require_positive(section: Any, *names: str) -> None:
             raise MestError(f"{name} must be a positive integer, got {value!r}")
 
 
+def require_non_negative(section: Any, *names: str) -> None:
+    """A `MestError` naming the first of `names` below 0 (None means unset and passes)."""
+    for name in names:
+        value = getattr(section, name)
+        if value is not None and value < 0:
+            raise MestError(f"{name} must be >= 0, got {value!r}")
+
+
 # The trainer's own sections, by name (algorithms add theirs through their registration).
 CORE_SECTIONS: dict[str, type] = {"data": DataConfig, "sparse": SparseConfig, "optim": OptimConfig, "run": RunConfig}
