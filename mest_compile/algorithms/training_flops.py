@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from mest_compile.algorithms.lost_ranks import collective
 from mest_compile.sparsity.module import SparseConv2d
 from mest_compile.train.events import ALGORITHMS, AlgorithmSpec, TrainingAlgorithm
 
@@ -164,7 +165,7 @@ class TrainingFlops(TrainingAlgorithm):
         names = list(self.by_layer)
         epoch = torch.tensor([[self.by_layer[n][p] - self._epoch_start.get(n, {}).get(p, 0) for p in PASSES]
                               for n in names], dtype=torch.int64)
-        torch.distributed.all_reduce(epoch)
+        collective("the FLOPs count's all-reduce", lambda: torch.distributed.all_reduce(epoch))
         for row, name in zip(epoch.tolist(), names):
             start = self._epoch_start.get(name, {})
             self.by_layer[name] = {p: start.get(p, 0) + value for p, value in zip(PASSES, row)}
