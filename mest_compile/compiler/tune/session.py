@@ -286,7 +286,7 @@ class Tuner:
             if "trace" in self._entry(vs[0].kernel):
                 continue
             for v in vs:
-                workload = self.database.commit_workload(v.module)
+                committed = self.database.commit_workload(v.module)
                 info = ms.arg_info.ArgInfo.from_prim_func(v.module["main"])
                 for space in self._spaces(v):
                     sch = s_tir.Schedule(v.module)
@@ -295,7 +295,7 @@ class Tuner:
                     secs = bench.time(v, artifact) if artifact is not None else None
                     if secs is not None:  # the runner checked the output against PyTorch's
                         self.database.commit_tuning_record(
-                            ms.database.TuningRecord(sch.trace, workload, secs, self.target, info))
+                            ms.database.TuningRecord(sch.trace, committed, secs, self.target, info))
             self._verify(vs, bench, self.options.verify_top, self.options.verify_rounds)
         return self._summarise(by_kernel, families)
 
