@@ -4,8 +4,9 @@ At batches 0, `dgm_every`, 2 `dgm_every`, ... of every epoch the full (masked) w
 computed and, per sparse layer, the `dgm_keep` fraction of its masked-in entries with the largest
 |g| becomes the gradient mask G (a subset of the weight mask M); in the other batches only G's
 gradients are applied. G is set on each layer as `weight_grad_mask`, which the FLOPs counter
-reads: between refreshes the weight gradient is needed only on G, so only that is counted (a
-compiled weight-gradient kernel packed with G's structure computes just those). Input gradients
+reads: between refreshes the weight gradient is needed only on G, so only that is counted, and
+compiled host kernels pack G as their weight-gradient structure and compute just those (the units
+G touches for structured schemes: `compiler/runtime/grad_subset.py`). Input gradients
 still use all of M. SparCL's `gradient_sparse` is a total sparsity (of the dense shape); here
 the kept fraction is of the live gradients, which means the same thing at every weight sparsity.
 With momentum or weight decay a weight outside G still moves: SparCL trains with neither.

@@ -33,6 +33,10 @@ class SparseConv2d(nn.Conv2d):
         mask_version: incremented on every `set_mask_`, so a compiled backend knows to repack.
         backend: optional `backend(module, x) -> Tensor` replacing the masked dense forward;
             None by default and never saved.
+        weight_grad_mask: optional bool tensor shaped like the weight, set by an algorithm that
+            applies the weight gradient only there (SparCL's gradient masking): a compiled backend
+            then computes just those gradients (and the rest of the mask's may read zero). To
+            change it, set a new tensor (a backend packs each tensor once). None by default.
 
     Example:
         >>> conv = SparseConv2d.from_dense(nn.Conv2d(8, 8, 3), "irregular", sparsity=0.5)
@@ -50,6 +54,7 @@ class SparseConv2d(nn.Conv2d):
         self.register_buffer("mask", torch.ones_like(self.weight, dtype=torch.bool))
         self.mask_version = 0
         self.backend: Backend | None = None
+        self.weight_grad_mask: torch.Tensor | None = None
 
     def __setattr__(self, name: str, value: Any) -> None:
         # A backend may be an nn.Module; registering it as a submodule would put it in the

@@ -1,4 +1,5 @@
-"""SpFDE and AGC on compiled kernels: frozen layers skip their gradient kernels; AGC follows its masked-dense run."""
+"""SpFDE, AGC and SparCL's gradient masking on compiled kernels: frozen layers skip their gradient kernels;
+AGC and DGM follow their masked-dense runs, DGM on narrowed weight-gradient kernels."""
 
 from __future__ import annotations
 
@@ -44,3 +45,20 @@ def test_agc_on_compiled_kernels_follows_masked_dense(tmp_path: pathlib.Path) ->
     assert compiled["training_flops"] == reference["training_flops"]
     assert compiled["agc_tau"] == pytest.approx(reference["agc_tau"], rel=1e-3)
     assert abs(compiled["final_test_acc"] - reference["final_test_acc"]) <= 0.02
+
+
+def test_dgm_narrows_the_compiled_weight_gradient_and_follows_masked_dense(tmp_path: pathlib.Path) -> None:
+    # SparCL's gradient masking alone, on split-digits: between refreshes the wgrad kernels run on
+    # the packed gradient masks (irregular: exactly them), and the run follows its masked-dense twin.
+    config = TrainConfig(dataset="digits", model="small_cnn", sparsity=0.9, epochs=2, batch_size=128, seed=2,
+                         continual="split-digits", tasks=2, replay="derpp", buffer_size=60, dgm=True,
+                         dgm_keep=0.5, dgm_every=3, lr_scheduler="constant", momentum=0.0, weight_decay=0.0)
+    reference = Trainer(config, tmp_path / "dense").fit()
+    compiled = Trainer(dataclasses.replace(config, compiled=True, fallback="never"), tmp_path / "compiled").fit()
+    layers = compiled["kernels"]["layers"]
+    assert {entry["status"] for entry in layers.values()} == {"compiled"}
+    for entry in layers.values():
+        # Refreshes every 3 batches (and at each epoch start) repack the new masks.
+        assert entry["backend"]["grad_packs"] >= 2 and entry["backend"]["narrowed_calls"] > 0
+    assert compiled["training_flops"] == reference["training_flops"]
+    assert abs(compiled["class_il_accuracy"] - reference["class_il_accuracy"]) <= 0.03

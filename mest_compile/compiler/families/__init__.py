@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import math
 import pkgutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -149,6 +150,11 @@ class KernelFamily(ABC):
     def units(self, mask: torch.Tensor) -> int:
         """How many capacity units `mask` keeps."""
         return int(mask.sum())
+
+    def unit_ids(self, weight_shape: tuple[int, ...]) -> torch.Tensor:
+        """Int64, weight-shaped: which capacity unit each weight belongs to (a unit is kept or
+        pruned whole); by default every weight is its own unit."""
+        return torch.arange(math.prod(weight_shape)).view(weight_shape)
 
     @abstractmethod
     def default_tiles(self, geometry: ConvGeometry, target: Target) -> Any:

@@ -6,6 +6,7 @@ Format in `formats/block.py`, kernels in `kernels/block_*.py`, host schedules in
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import torch
@@ -62,6 +63,11 @@ class BlockFamily(KernelFamily):
 
     def units(self, mask: torch.Tensor) -> int:
         return int(kept_blocks(mask.detach().cpu()).sum())
+
+    def unit_ids(self, weight_shape: tuple[int, ...]) -> torch.Tensor:
+        rows, columns = weight_shape[0], math.prod(weight_shape[1:])
+        groups = torch.arange(rows) // BLOCK_ROWS
+        return (groups[:, None] * columns + torch.arange(columns)[None, :]).view(weight_shape)
 
     def default_tiles(self, geometry: ConvGeometry, target: Target) -> BlockTiles:
         return BlockTiles.default(geometry, target.num_cores)

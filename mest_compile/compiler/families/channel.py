@@ -56,6 +56,10 @@ class ChannelFamily(KernelFamily):
     def units(self, mask: torch.Tensor) -> int:
         return int(kept_filters(mask.detach().cpu()).sum())
 
+    def unit_ids(self, weight_shape: tuple[int, ...]) -> torch.Tensor:
+        filters = torch.arange(weight_shape[0]).view(-1, *([1] * (len(weight_shape) - 1)))
+        return filters.expand(weight_shape)
+
     def default_tiles(self, geometry: ConvGeometry, target: Target) -> ChannelTiles:
         return ChannelTiles.default(geometry, target.num_cores, clzero=has_clzero(target.tvm))
 

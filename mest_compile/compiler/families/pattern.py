@@ -77,6 +77,10 @@ class PatternFamily(KernelFamily):
     def units(self, mask: torch.Tensor) -> int:
         return int((pattern_ids(mask) > 0).sum())
 
+    def unit_ids(self, weight_shape: tuple[int, ...]) -> torch.Tensor:
+        kernels = torch.arange(weight_shape[0] * weight_shape[1]).view(*weight_shape[:2], 1, 1)
+        return kernels.expand(weight_shape)
+
     def default_tiles(self, geometry: ConvGeometry, target: Target) -> PatternTiles:
         return PatternTiles.default(geometry, target.num_cores)
 

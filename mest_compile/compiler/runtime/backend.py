@@ -3,7 +3,9 @@
 A `CompiledConvBackend` packs the module's mask on first use and, whenever the module's
 `mask_version` changes (a mutation), repacks it in place or rebuilds per the `RecompilePolicy`.
 Builds, reuses, repacks and rebuilds are counted. A layer whose kernels failed the correctness
-gate runs the masked dense conv and says why.
+gate runs the masked dense conv and says why. A module's `weight_grad_mask` (set by an algorithm,
+e.g. SparCL's gradient masking) is packed as the weight-gradient kernel's structure when it is a
+new tensor or the mask changed (`grad_subset.py`), so only those gradients are computed.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from mest_compile.compiler.formats.geometry import ConvGeometry
 from mest_compile.compiler.runtime.cache import CACHE, KernelCache
 from mest_compile.compiler.runtime.compiled import CompiledKernels
 from mest_compile.compiler.runtime.gate import KernelGateError
+from mest_compile.compiler.runtime.grad_subset import GradSubset, pack_subset
 from mest_compile.compiler.runtime.policy import RecompilePolicy, refill
 from mest_compile.compiler.runtime.records import TunedChoices, current_records
 from mest_compile.compiler.runtime.skipped import SkippedKernels
@@ -35,6 +38,8 @@ class BackendStats(SkippedKernels):
     rebuilds: int = 0  # mutations that needed fresh buffers (overflow, padding, drift)
     overflows: int = 0
     dense_calls: int = 0  # calls that ran the masked dense conv (gate failure)
+    grad_packs: int = 0  # weight-gradient masks packed as the wgrad kernel's structure
+    narrowed_calls: int = 0  # calls whose weight gradient ran on such a packed subset
 
     def to_dict(self) -> dict[str, int]:
         """JSON-ready counts."""
@@ -68,6 +73,9 @@ class CompiledConvBackend:
         self._fmt: PackedFormat | None = None
         self._built_signature: tuple = ()
         self._version = -1
+        # The weight-gradient mask last packed, for which packing of the mask, and its packed cover.
+        self._grad_source: tuple[torch.Tensor | None, int] = (None, -1)
+        self._grad_subset: GradSubset | None = None
 
     def kernels(self, geometry: ConvGeometry) -> CompiledKernels:
         """The gated kernels of `geometry` (built on first use).
@@ -112,10 +120,28 @@ class CompiledConvBackend:
             self.stats.dense_calls += 1
             return module._conv_forward(x, module.weight * module.mask, module.bias)
         self.stats.observe(module, x)
-        y = kernels.conv(x, module.weight, self._format(module, kernels))
+        fmt = self._format(module, kernels)
+        y = kernels.conv(x, module.weight, fmt, self._subset(module, kernels, fmt))
         if module.bias is not None:
             y = y + module.bias[None, :, None, None]
         return y
+
+    def _subset(self, module: SparseConv2d, kernels: CompiledKernels, fmt: PackedFormat) -> GradSubset | None:
+        """The packed cover of the module's `weight_grad_mask` (None: the whole mask's gradient).
+
+        A gradient mask is packed once per tensor (an algorithm sets a new one to change it) and
+        packing of the layer's mask; only training forwards that will need a weight gradient use it.
+        """
+        grad_mask = module.weight_grad_mask
+        if grad_mask is None or not (torch.is_grad_enabled() and module.weight.requires_grad):
+            return None
+        source = (grad_mask, self.stats.packs + self.stats.repacks + self.stats.rebuilds)
+        if source[0] is not self._grad_source[0] or source[1] != self._grad_source[1]:
+            self._grad_subset = pack_subset(kernels, fmt, module.mask, grad_mask)
+            self._grad_source = source
+            self.stats.grad_packs += 1
+        self.stats.narrowed_calls += self._grad_subset is not None
+        return self._grad_subset
 
     @property
     def format(self) -> PackedFormat | None:

@@ -22,6 +22,7 @@ from mest_compile.compiler.families import KernelFamily, PackedFormat
 from mest_compile.compiler.formats.geometry import ConvGeometry
 from mest_compile.compiler.phases import PHASES
 from mest_compile.compiler.runtime import ops
+from mest_compile.compiler.runtime.grad_subset import GradSubset
 from mest_compile.compiler.runtime.records import TunedChoices
 from mest_compile.compiler.target import Target
 
@@ -57,9 +58,11 @@ class CompiledKernels:
         """Pack `mask` in the layout these kernels read."""
         return self.family.pack_with(self.geometry, self.tiles, mask, capacity)
 
-    def conv(self, x: torch.Tensor, weight: torch.Tensor, fmt: PackedFormat) -> torch.Tensor:
-        """`F.conv2d(x, weight * mask)` (no bias) for `fmt`'s mask, differentiable in `x` and `weight`."""
-        return ops.packed_conv2d(x, weight, fmt, self)
+    def conv(self, x: torch.Tensor, weight: torch.Tensor, fmt: PackedFormat,
+             grad_subset: GradSubset | None = None) -> torch.Tensor:
+        """`F.conv2d(x, weight * mask)` (no bias) for `fmt`'s mask, differentiable in `x` and `weight`
+        (the weight gradient on `grad_subset`'s units only, when given)."""
+        return ops.packed_conv2d(x, weight, fmt, self, grad_subset)
 
     def source(self, which: str = "forward", kind: str = "asm") -> str:
         """Generated code of one kernel (`which`: forward, dgrad, wgrad; `kind`: "asm" or "ll")."""

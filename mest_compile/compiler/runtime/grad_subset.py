@@ -1,0 +1,72 @@
+"""A weight-gradient mask packed as the weight-gradient kernel's own structure.
+
+An algorithm may need a layer's weight gradient on a subset G of its mask M only (SparCL's
+dynamic gradient masking sets `SparseConv2d.weight_grad_mask`). The kernels compute gradients of
+whole capacity units (a block, a 3x3 kernel, a filter, a weight), so G is widened to the units of
+M it touches (its *cover*, G itself for irregular masks), packed by the layer's kernels like any
+mask, and the weight-gradient kernel runs on that format: only the cover's gradients are
+computed. `slots` places them among M's packed values, whose other gradients are zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mest_compile.compiler.families import KernelFamily, KernelSet, PackedFormat
+from mest_compile.errors import MestError
+
+
+@dataclass
+class GradSubset:
+    """The packed cover of a gradient mask, for one packing of the layer's mask."""
+
+    fmt: PackedFormat
+    #: Int64, shaped like `fmt`'s values: each value's flat position among the layer format's values.
+    slots: torch.Tensor
+
+    @property
+    def units(self) -> int:
+        """Capacity units whose weight gradient the kernel computes."""
+        return self.fmt.nnz
+
+
+def cover(family: KernelFamily, grad_mask: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The units of `mask` that hold an entry of `grad_mask` (bool, weight-shaped): the smallest
+    mask legal for `family`'s kernels with every gradient `grad_mask` asks for inside `mask`."""
+    mask = mask.detach().to("cpu", torch.bool)
+    if tuple(grad_mask.shape) != tuple(mask.shape):
+        raise MestError(f"weight_grad_mask of shape {tuple(grad_mask.shape)} does not match the "
+                        f"layer's weight {tuple(mask.shape)}")
+    ids = family.unit_ids(tuple(mask.shape))
+    touched = torch.zeros(int(ids.max()) + 1, dtype=torch.bool)
+    touched[ids[mask & grad_mask.detach().to("cpu", torch.bool)]] = True
+    return mask & touched[ids]
+
+
+def _positions(fmt: PackedFormat, weight_shape: tuple[int, ...]) -> torch.Tensor:
+    """Each packed value's flat weight index, shaped like `fmt.values` (any format: it gathers indices)."""
+    return fmt.values(torch.arange(torch.Size(weight_shape).numel()).view(weight_shape))
+
+
+def pack_subset(kernels: KernelSet, fmt: PackedFormat, mask: torch.Tensor,
+                grad_mask: torch.Tensor) -> GradSubset | None:
+    """`grad_mask`'s cover packed by `kernels`, or None when it covers all of `mask` (nothing to save).
+
+    Args:
+        fmt: `mask` as packed for the layer's forward and input gradient.
+    """
+    covered = cover(kernels.family, grad_mask, mask)
+    family = kernels.family
+    if family.units(covered) == fmt.nnz:
+        return None
+    sub = kernels.pack(covered)
+    shape = tuple(mask.shape)
+    layer = _positions(fmt, shape).reshape(-1)
+    where = torch.full((torch.Size(shape).numel(),), -1, dtype=torch.int64)
+    where[layer] = torch.arange(layer.numel())
+    slots = where[_positions(sub, shape)]
+    if bool((slots < 0).any()):  # the cover lies inside the mask, so this is a packing bug
+        raise MestError("gradient-mask cover holds weights outside the layer's packed mask")
+    return GradSubset(sub, slots)
