@@ -7,6 +7,7 @@ import torch
 
 from mest_compile.compiler.formats.geometry import ConvGeometry
 from mest_compile.compiler.formats.irregular import IrregularFormat
+from mest_compile.compiler.formats.values import on_device
 from mest_compile.errors import MestError
 
 GEO = ConvGeometry(6, 7, 9, 10, 3, 3, stride=2, padding=1)
@@ -89,3 +90,16 @@ def test_channel_block_segments_cut_each_filter_row(block):
     for b in range(blocks):
         expect = per_channel[:, b * fmt.channel_block : (b + 1) * fmt.channel_block].sum(1)
         assert torch.equal((seg[:, b + 1] - seg[:, b]).to(torch.int64), expect)
+
+
+def test_indices_move_to_another_device_once_per_refill():
+    # A CUDA weight gathers through a device copy of the CPU indices ("meta" stands in for it here).
+    fmt = IrregularFormat.pack(_mask(7), GEO, capacity=200)
+    meta = torch.device("meta")
+    first = on_device(fmt.flat_idx, meta)
+    assert first.device == meta and on_device(fmt.flat_idx, meta) is first
+    assert on_device(fmt.flat_idx, torch.device("cpu")) is fmt.flat_idx
+    values = fmt.values(torch.empty(10, 6, 3, 3, device=meta))
+    assert values.device == meta and values.shape == (fmt.nnz,)
+    fmt.repack_(_mask(8))  # refilled in place: the copy is stale
+    assert on_device(fmt.flat_idx, meta) is not first

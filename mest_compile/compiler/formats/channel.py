@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from mest_compile.compiler.formats.geometry import ConvGeometry
+from mest_compile.compiler.formats.values import on_device
 from mest_compile.errors import MestError
 
 SCHEME = "channel"
@@ -100,11 +101,11 @@ class ChannelFormat:
 
     def values(self, weight: torch.Tensor) -> torch.Tensor:
         """`(nnz, C, kh, kw)` kept filters of `weight`; differentiable (zero gradient off the mask)."""
-        return weight.index_select(0, self.gather[: self.nnz].to(weight.device))  # CPU indices, any device
+        return weight.index_select(0, on_device(self.gather, weight.device)[: self.nnz])
 
     def dense_grad(self, values_grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """The dense weight gradient `values`' backward builds from `values_grad` (zero off the mask)."""
-        return torch.zeros_like(weight).index_copy_(0, self.gather[: self.nnz].to(weight.device), values_grad)
+        return torch.zeros_like(weight).index_copy_(0, on_device(self.gather, weight.device)[: self.nnz], values_grad)
 
     def signature(self) -> tuple:
         """Structure signature: geometry, capacity and (kept, pruned) filter counts.

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from mest_compile.compiler.families import KernelSet, PackedFormat
+from mest_compile.compiler.formats.values import on_device
 from mest_compile.compiler.runtime.grad_subset import GradSubset
 from mest_compile.compiler.runtime.op_args import geometry_from, geometry_list, row_major
 from mest_compile.errors import MestError
@@ -91,7 +92,7 @@ def _wgrad(x: Tensor, dy: Tensor, values: Tensor, buffers: list[Tensor], kernels
     if slots.numel():
         part = values.new_empty(slots.shape)
         _kernels(kernels).wgrad(row_major(x), row_major(dy), *buffers, part)
-        dv.view(-1).index_copy_(0, slots.view(-1).to(dv.device), part.view(-1))
+        dv.view(-1).index_copy_(0, on_device(slots, dv.device).view(-1), part.view(-1))
     return dv
 
 
