@@ -68,7 +68,7 @@ def measure(scheme: str, sparsity: float, keep: float, layer: tuple, reps: int, 
     dy = torch.randn(batch, o, geo.out_h, geo.out_w, generator=gen)
     grad_mask = top_gradients(torch.randn(w.shape, generator=gen), mask, keep)
     fmt = kernels.pack(mask)
-    subset = pack_subset(kernels, fmt, mask, grad_mask)
+    subset = pack_subset(kernels.family, kernels.pack, fmt, mask, grad_mask)
     values = fmt.values(w).contiguous()
     args = (kernels.handle, geometry_list(geo))
     full_buffers = family.phase_buffers("wgrad", fmt)

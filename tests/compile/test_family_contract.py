@@ -147,7 +147,7 @@ def test_weight_gradient_runs_on_the_cover_only(family: KernelFamily, geo: ConvG
     assert 0 < family.units(covered) < family.units(mask)
     if family.name == "irregular":
         assert torch.equal(covered, grad_mask & mask)
-    subset = pack_subset(kernels, fmt, mask, grad_mask)
+    subset = pack_subset(kernels.family, kernels.pack, fmt, mask, grad_mask)
     assert subset is not None and subset.units == family.units(covered)
 
     xs, ws = x.clone().requires_grad_(), w.clone().requires_grad_()
@@ -167,7 +167,7 @@ def test_a_cover_of_the_whole_mask_packs_nothing(family: KernelFamily) -> None:
     geo = GEOMETRIES[0]
     kernels = kernels_for(family, geo)
     _, _, mask, _, _ = _grad_data(family, geo, seed=12)
-    assert pack_subset(kernels, kernels.pack(mask), mask, torch.ones_like(mask)) is None
+    assert pack_subset(kernels.family, kernels.pack, kernels.pack(mask), mask, torch.ones_like(mask)) is None
 
 
 def test_an_empty_gradient_mask_computes_no_weight_gradient() -> None:
@@ -176,7 +176,7 @@ def test_an_empty_gradient_mask_computes_no_weight_gradient() -> None:
     kernels = kernels_for(family, geo)
     x, w, mask, dy, _ = _grad_data(family, geo, seed=13)
     fmt = kernels.pack(mask)
-    subset = pack_subset(kernels, fmt, mask, torch.zeros_like(mask))
+    subset = pack_subset(kernels.family, kernels.pack, fmt, mask, torch.zeros_like(mask))
     assert subset is not None and subset.units == 0
     ws = w.clone().requires_grad_()
     kernels.conv(x, ws, fmt, subset).backward(dy)
@@ -196,7 +196,7 @@ def test_opcheck_with_slots(family: KernelFamily) -> None:
     kernels = kernels_for(family, geo)
     x, w, mask, _, grad_mask = _grad_data(family, geo, seed=14)
     fmt = kernels.pack(mask)
-    subset = pack_subset(kernels, fmt, mask, grad_mask)
+    subset = pack_subset(kernels.family, kernels.pack, fmt, mask, grad_mask)
     assert subset is not None
     buffers = [family.phase_buffers(which, fmt) for which in ("forward", "dgrad")]
     args = (x.requires_grad_(), fmt.values(w).detach().requires_grad_(), *buffers,

@@ -79,3 +79,25 @@ def test_compiled_training_steps_on_the_gpu_follow_masked_dense(cuda_target: Any
     assert max(abs(a - b) for a, b in zip(losses["compiled"], losses["reference"], strict=True)) < 1e-4, losses
     for layer in (m for m in compiled if isinstance(m, SparseConv2d)):
         assert layer.backend.stats.launches > 3 and layer.backend.stats.uploaded_bytes < layer.weight.numel() * 4 * 4
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_a_gradient_mask_narrows_the_cuda_weight_gradient(cuda_target: Any, scheme: str) -> None:
+    from mest_compile.compiler.families import family_for
+    from mest_compile.compiler.runtime.cuda_backend import CudaConvBackend
+    from mest_compile.sparsity.module import SparseConv2d
+
+    family = family_for(scheme)
+    torch.manual_seed(0)
+    layer = SparseConv2d.from_dense(nn.Conv2d(16, 32, 3, padding=1, bias=False), scheme, sparsity=0.7).cuda()
+    gen = torch.Generator().manual_seed(3)
+    ids = family.unit_ids(tuple(layer.weight.shape))
+    grad_mask = (torch.rand(int(ids.max()) + 1, generator=gen) < 0.4)[ids].cuda() & layer.mask
+    x = torch.randn(4, 16, 9, 9, generator=gen).cuda()
+    want = torch.autograd.grad(F.conv2d(x, layer.weight * layer.mask, padding=1).square().sum(), layer.weight)[0]
+    layer.backend = backend = CudaConvBackend(family, cuda_target)
+    layer.weight_grad_mask = grad_mask
+    layer(x).square().sum().backward()
+    torch.testing.assert_close(layer.weight.grad, want * grad_mask, rtol=1e-4, atol=1e-4)
+    assert bool((layer.weight.grad[layer.mask & ~grad_mask] == 0).all())
+    assert (backend.stats.grad_packs, backend.stats.narrowed_calls) == (1, 1)

@@ -110,3 +110,24 @@ def test_sparse_conv2d_on_an_opencl_target_is_differentiable(opencl_context: Con
     torch.testing.assert_close(dx, rdx, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(dw, rdw, rtol=1e-4, atol=1e-4)
     assert torch.all(dw[~mask] == 0)
+
+
+@pytest.mark.parametrize("scheme", ("irregular", "block"))
+def test_a_gradient_mask_narrows_the_opencl_weight_gradient(opencl_context: Context, scheme: str) -> None:
+    # SparCL's gradient masking on a device: the wgrad kernel runs on the packed gradient mask's
+    # units only (zero gradient on the mask's others, which masked dense does compute).
+    model, reference = _model(scheme, 0), _model(scheme, 0)
+    layer, ref = _sparse(model)[1], _sparse(reference)[1]
+    family = family_for(scheme)
+    layer.backend = backend = OpenCLConvBackend(family, "mali", opencl_context)
+    gen = torch.Generator().manual_seed(3)
+    ids = family.unit_ids(tuple(layer.weight.shape))
+    grad_mask = (torch.rand(int(ids.max()) + 1, generator=gen) < 0.4)[ids] & layer.mask
+    layer.weight_grad_mask = grad_mask
+    x = torch.randn(4, 4, 8, 8, generator=gen)
+    for net in (model, reference):
+        net(x).square().sum().backward()
+    assert torch.allclose(layer.weight.grad, ref.weight.grad * grad_mask, atol=1e-5)
+    off = layer.mask & ~grad_mask
+    assert bool((layer.weight.grad[off] == 0).all()) and bool((ref.weight.grad[off] != 0).any())
+    assert (backend.stats.grad_packs, backend.stats.narrowed_calls) == (1, 1)

@@ -20,7 +20,7 @@ from mest_compile.compiler.formats.geometry import ConvGeometry
 from mest_compile.compiler.runtime.cache import CACHE, KernelCache
 from mest_compile.compiler.runtime.compiled import CompiledKernels
 from mest_compile.compiler.runtime.gate import KernelGateError
-from mest_compile.compiler.runtime.grad_subset import GradSubset, pack_subset
+from mest_compile.compiler.runtime.grad_subset import GradSubsets, NarrowedGradients
 from mest_compile.compiler.runtime.policy import RecompilePolicy, refill
 from mest_compile.compiler.runtime.records import TunedChoices, current_records
 from mest_compile.compiler.runtime.skipped import SkippedKernels
@@ -30,7 +30,7 @@ from mest_compile.sparsity.module import SparseConv2d
 
 
 @dataclass
-class BackendStats(SkippedKernels):
+class BackendStats(SkippedKernels, NarrowedGradients):
     """What one layer's backend did (and the backward kernels it did not need to run)."""
 
     packs: int = 0
@@ -38,8 +38,6 @@ class BackendStats(SkippedKernels):
     rebuilds: int = 0  # mutations that needed fresh buffers (overflow, padding, drift)
     overflows: int = 0
     dense_calls: int = 0  # calls that ran the masked dense conv (gate failure)
-    grad_packs: int = 0  # weight-gradient masks packed as the wgrad kernel's structure
-    narrowed_calls: int = 0  # calls whose weight gradient ran on such a packed subset
 
     def to_dict(self) -> dict[str, int]:
         """JSON-ready counts."""
@@ -73,9 +71,7 @@ class CompiledConvBackend:
         self._fmt: PackedFormat | None = None
         self._built_signature: tuple = ()
         self._version = -1
-        # The weight-gradient mask last packed, for which packing of the mask, and its packed cover.
-        self._grad_source: tuple[torch.Tensor | None, int] = (None, -1)
-        self._grad_subset: GradSubset | None = None
+        self._grad_subsets = GradSubsets()
 
     def kernels(self, geometry: ConvGeometry) -> CompiledKernels:
         """The gated kernels of `geometry` (built on first use).
@@ -121,27 +117,12 @@ class CompiledConvBackend:
             return module._conv_forward(x, module.weight * module.mask, module.bias)
         self.stats.observe(module, x)
         fmt = self._format(module, kernels)
-        y = kernels.conv(x, module.weight, fmt, self._subset(module, kernels, fmt))
+        packing = self.stats.packs + self.stats.repacks + self.stats.rebuilds
+        subset = self._grad_subsets.get(module, self.family, kernels.pack, fmt, packing, self.stats)
+        y = kernels.conv(x, module.weight, fmt, subset)
         if module.bias is not None:
             y = y + module.bias[None, :, None, None]
         return y
-
-    def _subset(self, module: SparseConv2d, kernels: CompiledKernels, fmt: PackedFormat) -> GradSubset | None:
-        """The packed cover of the module's `weight_grad_mask` (None: the whole mask's gradient).
-
-        A gradient mask is packed once per tensor (an algorithm sets a new one to change it) and
-        packing of the layer's mask; only training forwards that will need a weight gradient use it.
-        """
-        grad_mask = module.weight_grad_mask
-        if grad_mask is None or not (torch.is_grad_enabled() and module.weight.requires_grad):
-            return None
-        source = (grad_mask, self.stats.packs + self.stats.repacks + self.stats.rebuilds)
-        if source[0] is not self._grad_source[0] or source[1] != self._grad_source[1]:
-            self._grad_subset = pack_subset(kernels, fmt, module.mask, grad_mask)
-            self._grad_source = source
-            self.stats.grad_packs += 1
-        self.stats.narrowed_calls += self._grad_subset is not None
-        return self._grad_subset
 
     @property
     def format(self) -> PackedFormat | None:

@@ -20,6 +20,7 @@ from mest_compile.compiler.formats.geometry import ConvGeometry
 from mest_compile.compiler.phases import PHASES
 from mest_compile.compiler.runtime.compiled import tuned_schedules
 from mest_compile.compiler.runtime.device_backend import DEVICE_BACKENDS, DeviceConvBackend
+from mest_compile.compiler.runtime.grad_subset import GradSubset, place
 from mest_compile.compiler.runtime.records import TunedChoices
 from mest_compile.compiler.target import Target, as_target
 from mest_compile.errors import MestError
@@ -50,7 +51,8 @@ class CudaConvBackend(DeviceConvBackend):
         super().__init__(family, target, records)
         self.device_index = device_index
         self._kernels: dict[ConvGeometry, dict[str, Any]] = {}
-        self._index: tuple[PackedFormat | None, dict[str, torch.Tensor]] = (None, {})
+        # The index buffers on the GPU: of the layer's packing, and of its gradient mask's (`grad_subset.py`).
+        self._index: dict[str, tuple[PackedFormat | None, dict[str, torch.Tensor]]] = {}
 
     def device_of(self) -> torch.device:
         return torch.device("cuda", self.device_index)
@@ -65,13 +67,13 @@ class CudaConvBackend(DeviceConvBackend):
             kernels[which] = tvm.compile(mods[which], target=target.tvm)[symbol]
         self._kernels[geometry] = kernels
 
-    def index(self, fmt: PackedFormat) -> dict[str, torch.Tensor]:
-        """`fmt`'s index buffers on the GPU (moved once per packing)."""
-        held, buffers = self._index
+    def index(self, fmt: PackedFormat, slot: str = "layer") -> dict[str, torch.Tensor]:
+        """`fmt`'s index buffers on the GPU (moved once per packing), held in `slot`."""
+        held, buffers = self._index.get(slot, (None, {}))
         if held is not fmt:
             device = self.device_of()
             buffers = {name: t.to(device) for name, t in self.family.gpu_index_buffers(fmt).items()}
-            self._index = (fmt, buffers)
+            self._index[slot] = (fmt, buffers)
             self.stats.index_uploads += len(buffers)
             self.stats.uploaded_bytes += sum(t.numel() * t.element_size() for t in buffers.values())
         return buffers
@@ -91,12 +93,18 @@ class CudaConvBackend(DeviceConvBackend):
         y = x.new_empty(x.shape[0], geo.out_channels, geo.out_h, geo.out_w)
         return self._launch("forward", fmt, x, values, index, y), (x, values, index)
 
-    def backward(self, saved: Any, dy: torch.Tensor, fmt: PackedFormat, need_dx: bool,
-                 need_dv: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def backward(self, saved: Any, dy: torch.Tensor, fmt: PackedFormat, need_dx: bool, need_dv: bool,
+                 subset: GradSubset | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         x, values, index = saved
         dx = self._launch("dgrad", fmt, dy, values, index, torch.empty_like(x)) if need_dx else None
-        dv = self._launch("wgrad", fmt, x, dy, index, torch.empty_like(values)) if need_dv else None
-        return dx, dv
+        if not need_dv:
+            return dx, None
+        if subset is None:
+            return dx, self._launch("wgrad", fmt, x, dy, index, torch.empty_like(values))
+        part = values.new_empty(subset.slots.shape)
+        if subset.units:
+            self._launch("wgrad", subset.fmt, x, dy, self.index(subset.fmt, "grad"), part)
+        return dx, place(part, subset.slots, values.shape)
 
 
 DEVICE_BACKENDS.add("cuda", CudaConvBackend)

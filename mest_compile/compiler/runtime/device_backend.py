@@ -22,6 +22,7 @@ from mest_compile.compiler.formats.geometry import ConvGeometry
 from mest_compile.compiler.phases import PHASES
 from mest_compile.compiler.runtime.backend import geometry_of
 from mest_compile.compiler.runtime.gate import KernelGateError, reference, relative_error
+from mest_compile.compiler.runtime.grad_subset import GradSubset, GradSubsets, NarrowedGradients
 from mest_compile.compiler.runtime.records import TunedChoices, current_records
 from mest_compile.compiler.runtime.skipped import SkippedKernels
 from mest_compile.compiler.target import Target, as_target
@@ -34,7 +35,7 @@ _RTOL = 1e-4  # float32 sums of a few hundred products, as the host gate
 
 
 @dataclass
-class TransferStats(SkippedKernels):
+class TransferStats(SkippedKernels, NarrowedGradients):
     """Bytes moved between host and device, index-buffer writes, kernel launches, and backward kernels skipped."""
 
     uploaded_bytes: int = 0
@@ -80,6 +81,8 @@ class DeviceConvBackend(ABC):
         self.gate_errors: dict[ConvGeometry, dict[str, float]] = {}
         self._fmt: PackedFormat | None = None
         self._version = -1
+        self._packings = 0
+        self._grad_subsets = GradSubsets()
 
     # ---- what a device provides -----------------------------------------------------------
     @abstractmethod
@@ -91,9 +94,10 @@ class DeviceConvBackend(ABC):
         """The forward's output and what the backward needs kept on the device."""
 
     @abstractmethod
-    def backward(self, saved: Any, dy: torch.Tensor, fmt: PackedFormat, need_dx: bool,
-                 need_dv: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """The input gradient and the kept values' gradient (None where not needed)."""
+    def backward(self, saved: Any, dy: torch.Tensor, fmt: PackedFormat, need_dx: bool, need_dv: bool,
+                 subset: GradSubset | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The input gradient and the kept values' gradient (None where not needed; with `subset`,
+        computed on its units only, `grad_subset.place`)."""
 
     # ---- shared ----------------------------------------------------------------------------
     def ready(self, geometry: ConvGeometry) -> None:
@@ -140,21 +144,27 @@ class DeviceConvBackend(ABC):
         """What packs masks of `geometry` for these kernels."""
         return FormatPacker(f"{self.handle}:{geometry}", self.family, geometry)
 
-    def conv(self, x: torch.Tensor, values: torch.Tensor, fmt: PackedFormat) -> torch.Tensor:
-        """`conv2d(x, weight * mask)` from the packed `values` (differentiable in `x` and `values`)."""
+    def conv(self, x: torch.Tensor, values: torch.Tensor, fmt: PackedFormat,
+             subset: GradSubset | None = None) -> torch.Tensor:
+        """`conv2d(x, weight * mask)` from the packed `values` (differentiable in `x` and `values`;
+        the values' gradient on `subset`'s units only, when given)."""
         self.ready(fmt.geometry)
-        return _DeviceConv.apply(x.contiguous(), values.contiguous(), self, fmt)
+        return _DeviceConv.apply(x.contiguous(), values.contiguous(), self, fmt, subset)
 
     def _format(self, module: SparseConv2d, geometry: ConvGeometry) -> PackedFormat:
         if self._fmt is None or self._fmt.geometry != geometry or self._version != module.mask_version:
             self._fmt = self.packer(geometry).pack(module.mask)
             self._version = module.mask_version
+            self._packings += 1
         return self._fmt
 
     def __call__(self, module: SparseConv2d, x: torch.Tensor) -> torch.Tensor:
-        fmt = self._format(module, geometry_of(module, tuple(x.shape)))
+        geometry = geometry_of(module, tuple(x.shape))
+        fmt = self._format(module, geometry)
         self.stats.observe(module, x)
-        y = self.conv(x, fmt.values(module.weight), fmt)
+        pack = self.packer(geometry).pack
+        subset = self._grad_subsets.get(module, self.family, pack, fmt, self._packings, self.stats)
+        y = self.conv(x, fmt.values(module.weight), fmt, subset)
         if module.bias is not None:
             y = y + module.bias[None, :, None, None]
         return y
@@ -165,16 +175,16 @@ class _DeviceConv(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, values: torch.Tensor, backend: DeviceConvBackend,
-                fmt: PackedFormat) -> torch.Tensor:
+                fmt: PackedFormat, subset: GradSubset | None = None) -> torch.Tensor:
         y, ctx.saved = backend.forward(x, values, fmt)
-        ctx.backend, ctx.fmt = backend, fmt
+        ctx.backend, ctx.fmt, ctx.subset = backend, fmt, subset
         return y
 
     @staticmethod
-    def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
+    def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None, None]:
         dx, dv = ctx.backend.backward(ctx.saved, dy.contiguous(), ctx.fmt, ctx.needs_input_grad[0],
-                                      ctx.needs_input_grad[1])
-        return dx, dv, None, None
+                                      ctx.needs_input_grad[1], ctx.subset)
+        return dx, dv, None, None, None
 
 
 #: Device backends by the TVM target kind they run (each module registers its class; `device_backends.py` looks up).

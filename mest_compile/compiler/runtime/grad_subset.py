@@ -10,12 +10,15 @@ computed. `slots` places them among M's packed values, whose other gradients are
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from mest_compile.compiler.families import KernelFamily, KernelSet, PackedFormat
+from mest_compile.compiler.families import KernelFamily, PackedFormat
+from mest_compile.compiler.formats.values import on_device
 from mest_compile.errors import MestError
+from mest_compile.sparsity.module import SparseConv2d
 
 
 @dataclass
@@ -30,6 +33,23 @@ class GradSubset:
     def units(self) -> int:
         """Capacity units whose weight gradient the kernel computes."""
         return self.fmt.nnz
+
+
+def place(part: torch.Tensor, slots: torch.Tensor, values_shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
+    """The gradient of the layer's packed values (`values_shape`) from a narrowed kernel's `part`
+    (shaped like a `GradSubset`'s `slots`): zero on the units the subset leaves out."""
+    dv = part.new_zeros(values_shape)
+    if part.numel():
+        dv.view(-1).index_copy_(0, on_device(slots, dv.device).view(-1), part.reshape(-1))
+    return dv
+
+
+@dataclass
+class NarrowedGradients:
+    """A backend's counts of gradient masks packed, and of calls whose weight gradient ran on one."""
+
+    grad_packs: int = 0
+    narrowed_calls: int = 0
 
 
 def cover(family: KernelFamily, grad_mask: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -57,19 +77,18 @@ def _positions(fmt: PackedFormat, weight_shape: tuple[int, ...]) -> torch.Tensor
 MIN_SAVED = 0.1
 
 
-def pack_subset(kernels: KernelSet, fmt: PackedFormat, mask: torch.Tensor,
-                grad_mask: torch.Tensor) -> GradSubset | None:
-    """`grad_mask`'s cover packed by `kernels`, or None when it leaves out less than `MIN_SAVED` of
-    the mask's units (the whole mask's kernel is then as fast).
+def pack_subset(family: KernelFamily, pack: Callable[[torch.Tensor], PackedFormat], fmt: PackedFormat,
+                mask: torch.Tensor, grad_mask: torch.Tensor) -> GradSubset | None:
+    """`grad_mask`'s cover packed by `pack` (the layer's kernels' packing), or None when it leaves
+    out less than `MIN_SAVED` of the mask's units (the whole mask's kernel is then as fast).
 
     Args:
         fmt: `mask` as packed for the layer's forward and input gradient.
     """
-    covered = cover(kernels.family, grad_mask, mask)
-    family = kernels.family
+    covered = cover(family, grad_mask, mask)
     if family.units(covered) > (1 - MIN_SAVED) * fmt.nnz:
         return None
-    sub = kernels.pack(covered)
+    sub = pack(covered)
     shape = tuple(mask.shape)
     layer = _positions(fmt, shape).reshape(-1)
     where = torch.full((torch.Size(shape).numel(),), -1, dtype=torch.int64)
@@ -78,3 +97,27 @@ def pack_subset(kernels: KernelSet, fmt: PackedFormat, mask: torch.Tensor,
     if bool((slots < 0).any()):  # the cover lies inside the mask, so this is a packing bug
         raise MestError("gradient-mask cover holds weights outside the layer's packed mask")
     return GradSubset(sub, slots)
+
+
+class GradSubsets:
+    """One layer's packed gradient mask, packed again only for a new mask tensor (an algorithm sets a
+    new one to change it) or a new packing of the layer's mask; used only by training forwards that
+    will need a weight gradient."""
+
+    def __init__(self) -> None:
+        self._source: tuple[torch.Tensor | None, int] = (None, -1)
+        self._subset: GradSubset | None = None
+
+    def get(self, module: SparseConv2d, family: KernelFamily, pack: Callable[[torch.Tensor], PackedFormat],
+            fmt: PackedFormat, packing: int, stats: NarrowedGradients) -> GradSubset | None:
+        """The packed cover of `module.weight_grad_mask` for `fmt` (packing number `packing`), or None
+        for the whole mask's weight gradient."""
+        grad_mask = module.weight_grad_mask
+        if grad_mask is None or not (torch.is_grad_enabled() and module.weight.requires_grad):
+            return None
+        if grad_mask is not self._source[0] or packing != self._source[1]:
+            self._subset = pack_subset(family, pack, fmt, module.mask, grad_mask)
+            self._source = (grad_mask, packing)
+            stats.grad_packs += 1
+        stats.narrowed_calls += self._subset is not None
+        return self._subset

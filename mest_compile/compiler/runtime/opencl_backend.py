@@ -5,7 +5,9 @@ its mask is packed and afterwards only those a mutation changed; each forward up
 and the packed values once and keeps them on the device for both gradient kernels; the backward
 uploads the output gradient once for both. Each output is read back once. `TransferStats`
 counts every byte. The weight gradient is computed for the kept values only and reaches the
-dense weight through the differentiable gather of `fmt.values`, so it is zero outside the mask.
+dense weight through the differentiable gather of `fmt.values`, so it is zero outside the mask;
+with a layer's `weight_grad_mask` only for the units it touches (`grad_subset.py`), whose index
+buffers the device holds beside the layer's.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from mest_compile.compiler.formats.geometry import ConvGeometry
 from mest_compile.compiler.phases import PHASES
 from mest_compile.compiler.runtime.compiled import tuned_schedules
 from mest_compile.compiler.runtime.device_backend import DEVICE_BACKENDS, DeviceConvBackend
+from mest_compile.compiler.runtime.grad_subset import GradSubset, place
 from mest_compile.compiler.runtime.records import TunedChoices
 
 
@@ -38,8 +41,10 @@ class OpenCLConvBackend(DeviceConvBackend):
         super().__init__(family, target, records)
         self.context = context or Context()
         self._functions: dict[ConvGeometry, dict[str, OpenCLFunction]] = {}
-        self._host: dict[str, torch.Tensor] = {}  # what the device index buffers hold
-        self._device: dict[str, Buffer] = {}
+        # What the device index buffers hold, by (slot, name): the layer's packing ("layer") and its
+        # gradient mask's ("grad", `grad_subset.py`).
+        self._host: dict[tuple[str, str], torch.Tensor] = {}
+        self._device: dict[tuple[str, str], Buffer] = {}
 
     def build(self, geometry: ConvGeometry) -> None:
         _, mods, _ = tuned_schedules(self.family, geometry, self.target, self.records)
@@ -57,20 +62,23 @@ class OpenCLConvBackend(DeviceConvBackend):
         self.stats.downloaded_bytes += buffer.nbytes
         return torch.from_numpy(buffer.read())
 
-    def index(self, fmt: PackedFormat) -> dict[str, Buffer]:
-        """`fmt`'s index buffers on the device; only those that differ from what it holds are written."""
+    def index(self, fmt: PackedFormat, slot: str = "layer") -> dict[str, Buffer]:
+        """`fmt`'s index buffers on the device, held in `slot`; only those that differ from what it
+        holds are written."""
         for name, tensor in self.family.gpu_index_buffers(fmt).items():
-            old = self._host.get(name)
+            key = (slot, name)
+            old = self._host.get(key)
             if old is not None and old.shape == tensor.shape and torch.equal(old, tensor):
                 continue
             if old is not None and old.shape == tensor.shape:
-                self._device[name].write(tensor)
-                self.stats.uploaded_bytes += self._device[name].nbytes
+                self._device[key].write(tensor)
+                self.stats.uploaded_bytes += self._device[key].nbytes
             else:
-                self._device[name] = self.upload(tensor)
-            self._host[name] = tensor.clone()
+                self._device[key] = self.upload(tensor)
+            self._host[key] = tensor.clone()
             self.stats.index_uploads += 1
-        return dict(self._device)  # a snapshot: a later repack must not change a pending backward's buffers
+        # A snapshot: a later repack must not change a pending backward's buffers.
+        return {name: buffer for (held, name), buffer in self._device.items() if held == slot}
 
     def _launch(self, which: str, fmt: PackedFormat, first: Buffer, second: Buffer, index: dict[str, Buffer],
                 out_shape: tuple[int, ...]) -> torch.Tensor:
@@ -87,13 +95,19 @@ class OpenCLConvBackend(DeviceConvBackend):
         y = self._launch("forward", fmt, xb, vb, index, (x.shape[0], geo.out_channels, geo.out_h, geo.out_w))
         return y, (xb, vb, index, tuple(x.shape), tuple(values.shape))
 
-    def backward(self, saved: Any, dy: torch.Tensor, fmt: PackedFormat, need_dx: bool,
-                 need_dv: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def backward(self, saved: Any, dy: torch.Tensor, fmt: PackedFormat, need_dx: bool, need_dv: bool,
+                 subset: GradSubset | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         xb, vb, index, x_shape, values_shape = saved
         dyb = self.upload(dy)
         dx = self._launch("dgrad", fmt, dyb, vb, index, x_shape) if need_dx else None
-        dv = self._launch("wgrad", fmt, xb, dyb, index, values_shape) if need_dv else None
-        return dx, dv
+        if not need_dv:
+            return dx, None
+        if subset is None:
+            return dx, self._launch("wgrad", fmt, xb, dyb, index, values_shape)
+        part = torch.empty(tuple(subset.slots.shape))
+        if subset.units:
+            part = self._launch("wgrad", subset.fmt, xb, dyb, self.index(subset.fmt, "grad"), tuple(subset.slots.shape))
+        return dx, place(part, subset.slots, values_shape)
 
 
 DEVICE_BACKENDS.add("opencl", OpenCLConvBackend)

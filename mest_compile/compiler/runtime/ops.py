@@ -26,8 +26,7 @@ import torch
 from torch import Tensor
 
 from mest_compile.compiler.families import KernelSet, PackedFormat
-from mest_compile.compiler.formats.values import on_device
-from mest_compile.compiler.runtime.grad_subset import GradSubset
+from mest_compile.compiler.runtime.grad_subset import GradSubset, place
 from mest_compile.compiler.runtime.op_args import geometry_from, geometry_list, row_major
 from mest_compile.errors import MestError
 
@@ -88,12 +87,10 @@ def _wgrad(x: Tensor, dy: Tensor, values: Tensor, buffers: list[Tensor], kernels
         return dv
     # `buffers` pack a subset of the values' units (`grad_subset.py`): the kernel computes theirs,
     # placed by `slots`; the other values get a zero gradient.
-    dv = torch.zeros_like(values, memory_format=torch.contiguous_format)
+    part = values.new_empty(slots.shape)
     if slots.numel():
-        part = values.new_empty(slots.shape)
         _kernels(kernels).wgrad(row_major(x), row_major(dy), *buffers, part)
-        dv.view(-1).index_copy_(0, on_device(slots, dv.device).view(-1), part.view(-1))
-    return dv
+    return place(part, slots, values.shape)
 
 
 _LIB.impl("packed_conv2d", _forward, "CompositeExplicitAutograd")
