@@ -5,7 +5,7 @@ computed and, per sparse layer, the `dgm_keep` fraction of its masked-in entries
 |g| becomes the gradient mask G (a subset of the weight mask M); in the other batches only G's
 gradients are applied. G is set on each layer as `weight_grad_mask`, which the FLOPs counter
 reads: between refreshes the weight gradient is needed only on G, so only that is counted, and
-compiled host kernels pack G as their weight-gradient structure and compute just those (the units
+compiled kernels (host and GPU) pack G as their weight-gradient structure and compute just those (the units
 G touches for structured schemes, when that leaves out enough of them to pay:
 `compiler/runtime/grad_subset.py`). Input gradients
 still use all of M. SparCL's `gradient_sparse` is a total sparsity (of the dense shape); here

@@ -104,9 +104,9 @@ class OpenCLConvBackend(DeviceConvBackend):
             return dx, None
         if subset is None:
             return dx, self._launch("wgrad", fmt, xb, dyb, index, values_shape)
-        part = torch.empty(tuple(subset.slots.shape))
-        if subset.units:
-            part = self._launch("wgrad", subset.fmt, xb, dyb, self.index(subset.fmt, "grad"), tuple(subset.slots.shape))
+        shape = tuple(subset.slots.shape)
+        part = (self._launch("wgrad", subset.fmt, xb, dyb, self.index(subset.fmt, "grad"), shape) if subset.units
+                else torch.empty(shape))
         return dx, place(part, subset.slots, values_shape)
 
 
