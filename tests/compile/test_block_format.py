@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from mest_compile.compiler.formats import BlockFormat, ConvGeometry
-from mest_compile.compiler.formats.block import random_block_mask
+from mest_compile.compiler.formats.block import block_index_dtype, index_bound, random_block_mask
+from mest_compile.compiler.formats.compact import decode
 from mest_compile.errors import MestError
 
 GEO = ConvGeometry(6, 7, 9, 12, 3, 3, stride=2, padding=1)
@@ -26,13 +27,13 @@ def test_values_are_the_kept_weights_in_group_order():
     g, col = kept.nonzero(as_tuple=True)
     expect = w.reshape(3, 4, -1)[g, :, col]
     assert torch.equal(fmt.values(w), expect)
-    assert torch.equal(fmt.x_off[: fmt.nnz], GEO.x_offsets[col])
+    assert torch.equal(decode(fmt.x_off[: fmt.nnz]), GEO.x_offsets[col].long())
 
 
 def test_input_gradient_lists_every_block_once():
     fmt = BlockFormat.pack(_mask(1), GEO)
     assert int(fmt.dx_ptr[-1]) == fmt.nnz
-    assert sorted(fmt.dx_blk[: fmt.nnz].tolist()) == list(range(fmt.nnz))
+    assert sorted(decode(fmt.dx_blk[: fmt.nnz]).tolist()) == list(range(fmt.nnz))
     assert bool((fmt.dx_ptr[1:] >= fmt.dx_ptr[:-1]).all())
 
 
@@ -44,7 +45,7 @@ def test_scatter_layout_lists_blocks_by_chunk_and_group_with_their_scratch_offse
     g, col = kept.nonzero(as_tuple=True)
     c, kh, kw = col // 9, col % 9 // 3, col % 3
     assert fmt.dx_ptr.numel() == 2 * 3 + 1 and int(fmt.dx_ptr[-1]) == fmt.nnz
-    blk = fmt.dx_blk[: fmt.nnz].long()
+    blk = decode(fmt.dx_blk[: fmt.nnz])
     assert sorted(blk.tolist()) == list(range(fmt.nnz))  # every block once
     bucket = torch.div(c, 4, rounding_mode="floor") * 3 + g
     for b in range(6):  # each CSR bucket holds exactly its (chunk, group)'s blocks
@@ -52,9 +53,26 @@ def test_scatter_layout_lists_blocks_by_chunk_and_group_with_their_scratch_offse
         assert torch.equal(bucket[blk[lo:hi]], torch.full((hi - lo,), b))
     rows, pitch = geo.out_h + 2, geo.out_w + 2
     want = (c % 4) * rows * pitch + kh * pitch + kw
-    assert torch.equal(fmt.dx_off[: fmt.nnz].long(), want[blk])
+    assert torch.equal(decode(fmt.dx_off[: fmt.nnz]), want[blk])
     with pytest.raises(MestError, match="stride 1"):
         BlockFormat.pack(mask, GEO, scatter_channels=4)
+
+
+def test_per_block_indices_are_int16_while_the_layer_allows_it():
+    fmt = BlockFormat.pack(_mask(4), GEO)
+    assert {fmt.x_off.dtype, fmt.dx_blk.dtype, fmt.dx_off.dtype} == {torch.int16}
+    assert fmt.group_ptr.dtype == fmt.dx_ptr.dtype == torch.int32
+    # Entries past the kept blocks hold index 0, a valid offset for a kernel that over-reads.
+    padded = BlockFormat.pack(_mask(4), GEO, capacity=fmt.nnz + 5)
+    assert decode(padded.x_off[fmt.nnz:]).eq(0).all() and decode(padded.dx_off[fmt.nnz:]).eq(0).all()
+    # A 64-channel 64x64 input: its input scratch alone holds more than 2**16 floats.
+    big = ConvGeometry(64, 64, 64, 8, 3, 3, stride=1, padding=1)
+    assert index_bound(big) > 1 << 16 and block_index_dtype(big) == torch.int32
+    mask = random_block_mask(8, (64, 3, 3), 0.3, torch.Generator().manual_seed(5))
+    wide = BlockFormat.pack(mask, big)
+    assert wide.x_off.dtype == torch.int32
+    g, col = mask.reshape(2, 4, -1)[:, 0].nonzero(as_tuple=True)
+    assert torch.equal(decode(wide.x_off[: wide.nnz]), big.x_offsets[col].long())
 
 
 def test_partial_block_is_rejected():

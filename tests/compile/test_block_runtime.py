@@ -167,3 +167,18 @@ def test_identical_layers_share_one_fallback_verdict():
     for name in ("1.weight", "2.weight"):  # measured once: the same verdict, whatever the timing noise
         assert report[name]["measured_with"] == "0.weight"
         assert report[name]["speedup"] == first["speedup"] and report[name]["status"] == first["status"]
+
+
+def test_a_layer_past_the_int16_bound_runs_on_int32_indices():
+    geo = ConvGeometry(64, 34, 34, 8, 3, 3, stride=1, padding=1)  # input scratch > 2**16 floats
+    mask = random_block_mask(8, (64, 3, 3), 0.3, torch.Generator().manual_seed(9))
+    fmt = block_kernels(geo).pack(mask)
+    assert fmt.x_off.dtype == fmt.dx_off.dtype == torch.int32
+    x = torch.randn(2, 64, 34, 34, requires_grad=True)
+    w = torch.randn(8, 64, 3, 3, requires_grad=True)
+    dy = torch.randn(2, 8, 34, 34)
+    block_conv2d_packed(x, w, fmt).backward(dy)
+    xr, wr = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    F.conv2d(xr, wr * mask, padding=1).backward(dy)
+    assert torch.allclose(x.grad, xr.grad, atol=1e-3)
+    assert torch.allclose(w.grad, wr.grad * mask, atol=1e-3)

@@ -54,10 +54,10 @@ def test_statistics(subject) -> None:  # noqa: ANN001
     assert row.dense_weights == dense and row.kept_weights == 4 * row.units and row.units == row.capacity
     assert abs(row.density - 0.25) < 0.05
     assert row.flops == 2 * 2 * 4 * 4 * row.kept_weights and row.dense_flops == 2 * 2 * 4 * 4 * dense
-    # x, y and the forward buffers (values, group_ptr, x_off), each moved once.
-    assert row.bytes == 2 * 8 * 8 * 8 * 4 + 2 * 16 * 4 * 4 * 4 + row.units * 4 * 4 + 5 * 4 + row.units * 4
+    # x, y and the forward buffers (values, group_ptr, x_off: compact int16), each moved once.
+    assert row.bytes == 2 * 8 * 8 * 8 * 4 + 2 * 16 * 4 * 4 * 4 + row.units * 4 * 4 + 5 * 4 + row.units * 2
     assert row.intensity == pytest.approx(row.flops / row.bytes)
-    assert row.arguments == ("x f32[N,8,8,8], values f32[nnz,4], group_ptr i32[5], x_off i32[cap] "
+    assert row.arguments == ("x f32[N,8,8,8], values f32[nnz,4], group_ptr i32[5], x_off i16[cap] "
                              "-> y f32[N,16,4,4]")  # fmt: skip
     assert sum(row.histogram) == 16 // 4
 

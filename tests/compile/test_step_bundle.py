@@ -60,7 +60,7 @@ def test_numpy_packers_write_the_host_formats_buffers(geo: ConvGeometry) -> None
         assert packed.nnz == fmt.nnz, kind
         for field, buffer in fmt.buffers().items():
             np.testing.assert_array_equal(packed.buffers[field], buffer.numpy(), err_msg=f"{kind} {field}")
-            assert packed.buffers[field].dtype == np.int32, (kind, field)
+            assert packed.buffers[field].dtype == buffer.numpy().dtype, (kind, field)
         weight = torch.randn(mask.shape, generator=generator) * mask
         values = fmt.values(weight).reshape(fmt.nnz, -1).numpy()
         gathered = weight.numpy().reshape(-1)[packed.flat_idx[: packed.nnz]].reshape(fmt.nnz, -1)

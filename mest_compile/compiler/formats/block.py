@@ -19,7 +19,9 @@ the kept blocks twice:
     dx scratch (`BlockTiles.dgrad_channels`).
 
 Buffers are sized by a *capacity* (in blocks). The kernels read only the first `nnz` entries, so
-a new mask that fits is a repack in torch: same buffers, same compiled kernels.
+a new mask that fits is a repack in torch: same buffers, same compiled kernels. The per-block
+buffers (`x_off`, `dx_blk`, `dx_off`) are compact (`compact.py`: 16-bit when the layer's
+`index_bound` allows, which the kernels are compiled for); the pointers stay int32.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mest_compile.compiler.formats.compact import index_dtype, store_
 from mest_compile.compiler.formats.geometry import ConvGeometry
 from mest_compile.compiler.formats.values import gather_flat, scatter_flat
 from mest_compile.errors import MestError
@@ -52,9 +55,21 @@ def kept_blocks(mask: torch.Tensor) -> torch.Tensor:
     return kept
 
 
+def index_bound(geometry: ConvGeometry) -> int:
+    """Exclusive bound of every per-block index of a layer: input- and gradient-scratch offsets
+    (either input-gradient layout) and value rows."""
+    g = geometry
+    return max(g.x_size, g.dy_size, g.in_channels * g.dx_pad_plane, g.out_channels // BLOCK_ROWS * g.columns)
+
+
+def block_index_dtype(geometry: ConvGeometry) -> torch.dtype:
+    """The storage dtype of a layer's per-block indices (what its kernels are compiled to read)."""
+    return index_dtype(index_bound(geometry))
+
+
 @dataclass
 class BlockFormat:
-    """Kept blocks of one layer, as runtime index buffers (int32) for the block kernels."""
+    """Kept blocks of one layer, as runtime index buffers for the block kernels."""
 
     geometry: ConvGeometry
     capacity: int
@@ -96,16 +111,17 @@ class BlockFormat:
             dx_rows = -(-geometry.in_channels // scatter_channels) * groups
         else:
             dx_rows = chunks * geometry.in_channels * geometry.stride**2
+        index = block_index_dtype(geometry)
         fmt = cls(
             geometry=geometry,
             capacity=capacity,
             nnz=0,
             group_ptr=torch.zeros(groups + 1, dtype=torch.int32),
-            x_off=torch.zeros(capacity, dtype=torch.int32),
+            x_off=torch.zeros(capacity, dtype=index),
             flat_idx=torch.zeros(capacity, BLOCK_ROWS, dtype=torch.int64),
             dx_ptr=torch.zeros(dx_rows + 1, dtype=torch.int32),
-            dx_blk=torch.zeros(capacity, dtype=torch.int32),
-            dx_off=torch.zeros(capacity, dtype=torch.int32),
+            dx_blk=torch.zeros(capacity, dtype=index),
+            dx_off=torch.zeros(capacity, dtype=index),
             chunk_groups=chunk_groups,
             scatter_channels=int(scatter_channels),
         )
@@ -131,8 +147,7 @@ class BlockFormat:
         self.nnz = nnz
         self.group_ptr[0] = 0
         torch.cumsum(kept.sum(1), 0, out=self.group_ptr[1:])
-        self.x_off.zero_()
-        self.x_off[:nnz] = geo.x_offsets[col]
+        store_(self.x_off, geo.x_offsets[col])
         rows = g[:, None] * BLOCK_ROWS + torch.arange(BLOCK_ROWS)
         self.flat_idx.zero_()
         self.flat_idx[:nnz] = rows * geo.columns + col[:, None]
@@ -147,15 +162,12 @@ class BlockFormat:
         order = torch.argsort(dx_row, stable=True)
         self.dx_ptr.zero_()
         self.dx_ptr[1:] = torch.cumsum(torch.bincount(dx_row, minlength=self.dx_ptr.numel() - 1), 0)
-        self.dx_blk.zero_()
-        self.dx_blk[:nnz] = order.to(torch.int32)
-        self.dx_off.zero_()
-        self.dx_off[:nnz] = (g[order] * BLOCK_ROWS * geo.dy_plane + off[col[order]]).to(torch.int32)
+        store_(self.dx_blk, order)
+        store_(self.dx_off, g[order] * BLOCK_ROWS * geo.dy_plane + off[col[order]])
 
     def _fill_scatter(self, g: torch.Tensor, col: torch.Tensor) -> None:
         """The scatter input-gradient layout (see the module docstring) of kept blocks `(g, col)`."""
         geo = self.geometry
-        nnz = int(g.numel())
         kh_n, kw_n = geo.kernel_h, geo.kernel_w
         c, kh, kw = col // (kh_n * kw_n), col % (kh_n * kw_n) // kw_n, col % kw_n
         chunk = torch.div(c, self.scatter_channels, rounding_mode="floor")
@@ -165,11 +177,9 @@ class BlockFormat:
         order = torch.argsort(key)
         self.dx_ptr.zero_()
         self.dx_ptr[1:] = torch.cumsum(torch.bincount(bucket, minlength=self.dx_ptr.numel() - 1), 0)
-        self.dx_blk.zero_()
-        self.dx_blk[:nnz] = order.to(torch.int32)
-        self.dx_off.zero_()
         off = (c % self.scatter_channels) * geo.dx_pad_plane + kh * geo.dx_pad_pitch + kw
-        self.dx_off[:nnz] = off[order].to(torch.int32)
+        store_(self.dx_blk, order)
+        store_(self.dx_off, off[order])
 
     def values(self, weight: torch.Tensor) -> torch.Tensor:
         """`(nnz, 4)` kept values of `weight`; differentiable (its gradient is zero off the mask)."""

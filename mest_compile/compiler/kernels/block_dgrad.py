@@ -16,8 +16,10 @@ from __future__ import annotations
 from tvm import tirx
 from tvm.script import tirx as T
 
+from mest_compile.compiler.formats.block import block_index_dtype
 from mest_compile.compiler.formats.geometry import ConvGeometry
 from mest_compile.compiler.kernels.fill import interleave_map, make_fill
+from mest_compile.compiler.kernels.indices import index_reader
 
 
 def block_dgrad(geo: ConvGeometry, rows: int, chunk_groups: int) -> tirx.PrimFunc:
@@ -47,6 +49,7 @@ def block_dgrad(geo: ConvGeometry, rows: int, chunk_groups: int) -> tirx.PrimFun
     imap = interleave_map(W, s, QC)
     vec_store = W >= 2 and QC >= 2
     chunked = K > 1
+    IDX, ix = index_reader(block_index_dtype(geo))  # the format's compact per-block indices
 
     @T.prim_func(s_tir=True)
     def block_dgrad(dy: T.handle, v: T.handle, tp: T.handle, tb: T.handle, to: T.handle, dx: T.handle):
@@ -57,8 +60,8 @@ def block_dgrad(geo: ConvGeometry, rows: int, chunk_groups: int) -> tirx.PrimFun
         DY = T.match_buffer(dy, (N, O, OH, OW), "float32")
         V = T.match_buffer(v, (nnz, 4), "float32")
         TP = T.match_buffer(tp, (K * C * s * s + 1,), "int32")
-        TB = T.match_buffer(tb, (cap,), "int32")
-        TO = T.match_buffer(to, (cap,), "int32")
+        TB = T.match_buffer(tb, (cap,), IDX)
+        TO = T.match_buffer(to, (cap,), IDX)
         DX = T.match_buffer(dx, (N, C, H, W), "float32")
         D = T.sblock_alloc_buffer((N, DS), "float32")
         for n, o in T.grid(N, O):
@@ -99,7 +102,7 @@ def block_dgrad(geo: ConvGeometry, rows: int, chunk_groups: int) -> tirx.PrimFun
                             for r in T.unroll(4):
                                 for i in T.unroll(rows):
                                     for w in T.vectorized(QC):
-                                        acc[b, i, w] = acc[b, i, w] + V[TB[j], r] * D[vn, TO[j] + r * PLANE + (vt * rows + i) * DP + w]
+                                        acc[b, i, w] = acc[b, i, w] + V[ix(TB[j]), r] * D[vn, ix(TO[j]) + r * PLANE + (vt * rows + i) * DP + w]
                     if chunked and k < K - 1:
                         for b in T.unroll(s):
                             for i in T.unroll(rows):

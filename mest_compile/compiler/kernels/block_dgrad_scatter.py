@@ -22,7 +22,9 @@ from __future__ import annotations
 from tvm import tirx
 from tvm.script import tirx as T
 
+from mest_compile.compiler.formats.block import block_index_dtype
 from mest_compile.compiler.formats.geometry import ConvGeometry
+from mest_compile.compiler.kernels.indices import index_reader
 
 
 def block_dgrad_scatter(geo: ConvGeometry, rows: int, channels: int) -> tirx.PrimFunc:
@@ -47,6 +49,7 @@ def block_dgrad_scatter(geo: ConvGeometry, rows: int, channels: int) -> tirx.Pri
     SP, PLANE = geo.dx_pad_pitch, geo.dx_pad_plane
     SIZE = channels * PLANE
     LANES = 16
+    IDX, ix = index_reader(block_index_dtype(geo))  # the format's compact per-block indices
 
     @T.prim_func(s_tir=True)
     def block_dgrad(dy: T.handle, v: T.handle, tp: T.handle, tb: T.handle, to: T.handle, dx: T.handle):
@@ -57,8 +60,8 @@ def block_dgrad_scatter(geo: ConvGeometry, rows: int, channels: int) -> tirx.Pri
         DY = T.match_buffer(dy, (N, O, OH, OW), "float32")
         V = T.match_buffer(v, (nnz, 4), "float32")
         TP = T.match_buffer(tp, (K * G + 1,), "int32")
-        TB = T.match_buffer(tb, (cap,), "int32")
-        TO = T.match_buffer(to, (cap,), "int32")
+        TB = T.match_buffer(tb, (cap,), IDX)
+        TO = T.match_buffer(to, (cap,), IDX)
         DX = T.match_buffer(dx, (N, C, H, W), "float32")
         for n, k in T.grid(N, K):
             with T.sblock("dgrad"):
@@ -80,12 +83,12 @@ def block_dgrad_scatter(geo: ConvGeometry, rows: int, channels: int) -> tirx.Pri
                     for e in range(TP[vk * G + g], TP[vk * G + g + 1]):
                         for i in T.unroll(rows):
                             for w in T.vectorized(OW):
-                                S[TO[e] + (ot * rows + i) * SP + w] = (
-                                    S[TO[e] + (ot * rows + i) * SP + w]
-                                    + V[TB[e], 0] * d[i, 0, w]
-                                    + V[TB[e], 1] * d[i, 1, w]
-                                    + V[TB[e], 2] * d[i, 2, w]
-                                    + V[TB[e], 3] * d[i, 3, w]
+                                S[ix(TO[e]) + (ot * rows + i) * SP + w] = (
+                                    S[ix(TO[e]) + (ot * rows + i) * SP + w]
+                                    + V[ix(TB[e]), 0] * d[i, 0, w]
+                                    + V[ix(TB[e]), 1] * d[i, 1, w]
+                                    + V[ix(TB[e]), 2] * d[i, 2, w]
+                                    + V[ix(TB[e]), 3] * d[i, 3, w]
                                 )
                 for cl, ih in T.grid(channels, H):
                     if vk * channels + cl < C:

@@ -10,8 +10,10 @@ from __future__ import annotations
 from tvm import tirx
 from tvm.script import tirx as T
 
+from mest_compile.compiler.formats.block import block_index_dtype
 from mest_compile.compiler.formats.geometry import ConvGeometry
 from mest_compile.compiler.kernels.fill import make_fill
+from mest_compile.compiler.kernels.indices import index_reader
 
 
 def block_forward(geo: ConvGeometry, rows: int) -> tirx.PrimFunc:
@@ -22,7 +24,7 @@ def block_forward(geo: ConvGeometry, rows: int) -> tirx.PrimFunc:
         rows: output rows per register tile (must divide `out_h`).
 
     Buffers: `x (N, C, H, W)`, `values (nnz, 4)`, `group_ptr (O/4 + 1,) int32`,
-    `x_off (cap,) int32`, `y (N, O, OH, OW)` (written).
+    `x_off (cap,)` (compact, `block_index_dtype`), `y (N, O, OH, OW)` (written).
     """
     C, H, W, O = geo.in_channels, geo.in_h, geo.in_w, geo.out_channels
     OH, OW, s, p = geo.out_h, geo.out_w, geo.stride, geo.padding
@@ -30,6 +32,7 @@ def block_forward(geo: ConvGeometry, rows: int) -> tirx.PrimFunc:
     assert OH % rows == 0, (OH, rows)
     TILES = OH // rows
     fill = make_fill(C, H, W, s, p, p, XR, geo.x_phase_w)
+    IDX, ix = index_reader(block_index_dtype(geo))  # the format's compact per-block indices
 
     @T.prim_func(s_tir=True)
     def block_fwd(x: T.handle, v: T.handle, gp: T.handle, xo: T.handle, y: T.handle):
@@ -40,7 +43,7 @@ def block_forward(geo: ConvGeometry, rows: int) -> tirx.PrimFunc:
         X = T.match_buffer(x, (N, C, H, W), "float32")
         V = T.match_buffer(v, (nnz, 4), "float32")
         GP = T.match_buffer(gp, (G + 1,), "int32")
-        XO = T.match_buffer(xo, (cap,), "int32")
+        XO = T.match_buffer(xo, (cap,), IDX)
         Y = T.match_buffer(y, (N, O, OH, OW), "float32")
         S = T.sblock_alloc_buffer((N, P), "float32")
         for n, q in T.grid(N, s * C):
@@ -63,7 +66,7 @@ def block_forward(geo: ConvGeometry, rows: int) -> tirx.PrimFunc:
                     for r in T.unroll(4):
                         for i in T.unroll(rows):
                             for w in T.vectorized(OW):
-                                acc[r, i, w] = acc[r, i, w] + V[j, r] * S[vn, XO[j] + (vt * rows + i) * PITCH + w]
+                                acc[r, i, w] = acc[r, i, w] + V[j, r] * S[vn, ix(XO[j]) + (vt * rows + i) * PITCH + w]
                 for r in T.unroll(4):
                     for i in T.unroll(rows):
                         for w in T.vectorized(OW):

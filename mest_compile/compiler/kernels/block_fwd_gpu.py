@@ -14,7 +14,9 @@ from __future__ import annotations
 from tvm import tirx
 from tvm.script import tirx as T
 
+from mest_compile.compiler.formats.block import block_index_dtype
 from mest_compile.compiler.formats.geometry import ConvGeometry
+from mest_compile.compiler.kernels.indices import index_reader
 
 
 def block_forward_gpu(geo: ConvGeometry) -> tirx.PrimFunc:
@@ -27,6 +29,7 @@ def block_forward_gpu(geo: ConvGeometry) -> tirx.PrimFunc:
     OH, OW, s, p = geo.out_h, geo.out_w, geo.stride, geo.padding
     G, XR, PITCH, PW = O // 4, geo.x_rows, geo.x_pitch, geo.x_phase_w
     PLANE = XR * PITCH
+    IDX, ix = index_reader(block_index_dtype(geo))  # the format's compact per-block indices
 
     @T.prim_func(s_tir=True)
     def block_fwd_gpu(x: T.handle, v: T.handle, gp: T.handle, xo: T.handle, y: T.handle):
@@ -37,7 +40,7 @@ def block_forward_gpu(geo: ConvGeometry) -> tirx.PrimFunc:
         X = T.match_buffer(x, (N, C, H, W), "float32")
         V = T.match_buffer(v, (nnz, 4), "float32")
         GP = T.match_buffer(gp, (G + 1,), "int32")
-        XO = T.match_buffer(xo, (cap,), "int32")
+        XO = T.match_buffer(xo, (cap,), IDX)
         Y = T.match_buffer(y, (N, O, OH, OW), "float32")
         for n, g, oh, ow in T.grid(N, G, OH, OW):
             with T.sblock("conv"):
@@ -49,7 +52,7 @@ def block_forward_gpu(geo: ConvGeometry) -> tirx.PrimFunc:
                     acc[r] = T.float32(0)  # explicit: a group without kept blocks writes zeros
                 for j in range(GP[vg], GP[vg + 1]):
                     # Offsets are non-negative: truncating division avoids floor-division fix-ups.
-                    at = XO[j] + vh * PITCH + vw
+                    at = ix(XO[j]) + vh * PITCH + vw
                     plane = T.truncdiv(at, PLANE)
                     lane = T.truncmod(at, PITCH)
                     row = s * T.truncdiv(T.truncmod(at, PLANE), PITCH) + T.truncdiv(plane, C) - p

@@ -13,8 +13,10 @@ from __future__ import annotations
 from tvm import tirx
 from tvm.script import tirx as T
 
+from mest_compile.compiler.formats.block import block_index_dtype
 from mest_compile.compiler.formats.geometry import ConvGeometry
 from mest_compile.compiler.kernels.fill import make_fill
+from mest_compile.compiler.kernels.indices import index_reader
 
 
 def block_wgrad(geo: ConvGeometry, cols: int, slots: int, images: int = 1) -> tirx.PrimFunc:
@@ -34,6 +36,7 @@ def block_wgrad(geo: ConvGeometry, cols: int, slots: int, images: int = 1) -> ti
     OH, OW, s, p = geo.out_h, geo.out_w, geo.stride, geo.padding
     G, P, XR, PITCH = O // 4, geo.x_size, geo.x_rows, geo.x_pitch
     fill = make_fill(C, H, W, s, p, p, XR, geo.x_phase_w)
+    IDX, ix = index_reader(block_index_dtype(geo))  # the format's compact per-block indices
 
     @T.prim_func(s_tir=True)
     def block_wgrad(x: T.handle, dy: T.handle, gp: T.handle, xo: T.handle, dv: T.handle):
@@ -44,7 +47,7 @@ def block_wgrad(geo: ConvGeometry, cols: int, slots: int, images: int = 1) -> ti
         X = T.match_buffer(x, (N, C, H, W), "float32")
         DY = T.match_buffer(dy, (N, O, OH, OW), "float32")
         GP = T.match_buffer(gp, (G + 1,), "int32")
-        XO = T.match_buffer(xo, (cap,), "int32")
+        XO = T.match_buffer(xo, (cap,), IDX)
         DV = T.match_buffer(dv, (nnz, 4), "float32")
         PART = T.sblock_alloc_buffer((slots, nnz, 4, OW), "float32")
         for t in range(slots):
@@ -74,7 +77,7 @@ def block_wgrad(geo: ConvGeometry, cols: int, slots: int, images: int = 1) -> ti
                                         for r in T.unroll(4):
                                             for w in T.vectorized(OW):
                                                 acc[jj, r, w] = acc[jj, r, w] + DY[vt + (m * images + u) * slots, g * 4 + r, oh, w] * S[
-                                                    u, XO[GP[g] + cb * cols + jj] + oh * PITCH + w
+                                                    u, ix(XO[GP[g] + cb * cols + jj]) + oh * PITCH + w
                                                 ]
                             for jj in T.unroll(cols):
                                 for r in T.unroll(4):
@@ -88,7 +91,7 @@ def block_wgrad(geo: ConvGeometry, cols: int, slots: int, images: int = 1) -> ti
                                 if vt + (m * images + u) * slots < N:
                                     for r in T.unroll(4):
                                         for w in T.vectorized(OW):
-                                            acc[0, r, w] = acc[0, r, w] + DY[vt + (m * images + u) * slots, g * 4 + r, oh, w] * S[u, XO[j] + oh * PITCH + w]
+                                            acc[0, r, w] = acc[0, r, w] + DY[vt + (m * images + u) * slots, g * 4 + r, oh, w] * S[u, ix(XO[j]) + oh * PITCH + w]
                             for r in T.unroll(4):
                                 for w in T.vectorized(OW):
                                     PART[vt, j, r, w] = PART[vt, j, r, w] + acc[0, r, w]

@@ -162,7 +162,9 @@ def format_layout(fmt: PackedFormat) -> dict[str, Any]:
     phase, offsets = geo.dx_phase_and_offsets
     layout = {"x_offsets": geo.x_offsets.tolist(), "dx_phase": phase.tolist(), "dx_offsets": offsets.tolist(),
               "stride": geo.stride, "dy_plane": geo.dy_plane, "dx_pad_plane": geo.dx_pad_plane,
-              "dx_pad_pitch": geo.dx_pad_pitch}
+              "dx_pad_pitch": geo.dx_pad_pitch,
+              # Compact per-unit indices (formats/compact.py) are int16 in every buffer that has them.
+              "index_dtype": "int16" if any(t.dtype == torch.int16 for t in fmt.buffers().values()) else "int32"}
     return layout | {tile: int(getattr(fmt, tile)) for tile in _TILES if hasattr(fmt, tile)}
 
 

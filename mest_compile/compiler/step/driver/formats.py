@@ -52,6 +52,16 @@ def _padded(values: np.ndarray, capacity: int, dtype: Any = np.int32) -> np.ndar
     return out
 
 
+def _compact(values: np.ndarray, capacity: int, layout: Layout) -> np.ndarray:
+    """Per-unit indices as the kernels read them (`compiler/formats/compact.py`): int16 stored biased
+    by -2**15 when the layout says so, index 0 in the entries past the kept units."""
+    dtype = np.dtype(layout.get("index_dtype", "int32"))
+    bias = 1 << 15 if dtype == np.int16 else 0
+    out = np.full(capacity, -bias, dtype=dtype)
+    out[: len(values)] = np.asarray(values, dtype=np.int64) - bias
+    return out
+
+
 def _check_capacity(nnz: int, capacity: int, unit: str) -> None:
     if nnz > capacity:
         raise FormatError(f"the mask keeps {nnz} {unit}s, more than the layer's capacity {capacity}")
@@ -116,8 +126,8 @@ def pack_block(mask: np.ndarray, layout: Layout, capacity: int) -> Packed:
         order = np.argsort(dx_row, kind="stable")
         dx_ptr = _counts(dx_row, -(-groups // chunk_groups) * c_n * stride**2)
         dx_off = g[order] * BLOCK_ROWS * layout["dy_plane"] + off[col[order]]
-    buffers = {"group_ptr": _counts(g, groups), "x_off": _padded(x_off[col], capacity), "dx_ptr": dx_ptr,
-               "dx_blk": _padded(order, capacity), "dx_off": _padded(dx_off, capacity)}
+    buffers = {"group_ptr": _counts(g, groups), "x_off": _compact(x_off[col], capacity, layout), "dx_ptr": dx_ptr,
+               "dx_blk": _compact(order, capacity, layout), "dx_off": _compact(dx_off, capacity, layout)}
     return Packed(nnz, buffers, _padded(flat_idx, capacity, np.int64))
 
 
