@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 DRIVER = Path(driver_loop.__file__).parent
 PLAN, MASKS, DATA, README = "bundle.json", "masks.npz", "data.npz", "README.md"
 #: Tile choices a format's layout may carry (the packers read the ones of their kind).
-_TILES = ("chunk_filters", "channel_block", "chunk_groups", "scatter_channels", "x_plane")
+_TILES = ("chunk_filters", "channel_block", "chunk_groups", "scatter_channels")
 
 _README = """# Training bundle: {model} ({scheme}, {sparsity:.0%} sparse) for `{target}`
 
@@ -163,7 +163,10 @@ def format_layout(fmt: PackedFormat) -> dict[str, Any]:
     layout = {"x_offsets": geo.x_offsets.tolist(), "dx_phase": phase.tolist(), "dx_offsets": offsets.tolist(),
               "stride": geo.stride, "dy_plane": geo.dy_plane, "dx_pad_plane": geo.dx_pad_plane,
               "dx_pad_pitch": geo.dx_pad_pitch}
-    return layout | {tile: int(getattr(fmt, tile)) for tile in _TILES if hasattr(fmt, tile)}
+    layout |= {tile: int(getattr(fmt, tile)) for tile in _TILES if hasattr(fmt, tile)}
+    if hasattr(fmt, "index_dtype"):  # a format whose index buffers narrow per layer (the packer casts to it)
+        layout["index_dtype"] = fmt.index_dtype
+    return layout
 
 
 def train_on_board(bundle: str | Path, *args: str, image: BoardImage | None = None, timeout_s: float = 1800) -> str:
