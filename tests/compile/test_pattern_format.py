@@ -7,7 +7,7 @@ import torch
 
 from mest_compile.compiler.formats.pattern import random_pattern_mask
 from mest_compile.compiler.formats.geometry import ConvGeometry
-from mest_compile.compiler.formats.pattern import PATTERNS, PatternFormat, pattern_taps
+from mest_compile.compiler.formats.pattern import PATTERNS, PatternFormat, index_dtype, pattern_taps
 from mest_compile.errors import MestError
 
 GEO = ConvGeometry(6, 8, 8, 10, 3, 3, stride=1, padding=1)
@@ -37,6 +37,7 @@ def test_both_orders_list_every_kept_kernel_grouped_by_pattern():
                 flat = values[j].long()
                 assert bool((flat // 54 == o).all())
                 c = int(flat[0] % 54 // 9)
+                assert int(fmt.x_off[j]) == c
                 assert bool(mask[o, c].flatten()[flat % 9].all()) and bool((mask[o, c] == PATTERNS[p]).all())
     # Input-gradient order: CSR over (channel, pattern), pointing at the same kernels.
     for c in range(6):
@@ -45,7 +46,7 @@ def test_both_orders_list_every_kept_kernel_grouped_by_pattern():
                 j = int(fmt.dx_ker[e])
                 o = int(values[j, 0]) // 54
                 assert int(values[j, 0]) % 54 // 9 == c
-                assert int(fmt.dx_off[e]) == o * GEO.dy_plane
+                assert int(fmt.dx_off[e]) == o
                 assert bool((mask[o, c] == PATTERNS[p]).all())
 
 
@@ -78,3 +79,19 @@ def test_signature_counts_patterns():
     assert int(fmt.pattern_counts().sum()) == fmt.nnz
     assert fmt.signature() == PatternFormat.pack(_mask(4), GEO).signature()
     assert fmt.nbytes() > 0
+
+
+@pytest.mark.parametrize("o,c,dtype", [(10, 6, torch.int16), (128, 128, torch.int16), (181, 181, torch.int16),
+                                       (182, 181, torch.int32), (256, 256, torch.int32)])
+def test_index_buffers_narrow_to_int16_while_the_kernel_count_fits(o, c, dtype):
+    """Every index is bounded by O * C (pointers, kernel rows, channels, filters): int16 up to 32767."""
+    geo = ConvGeometry(c, 4, 4, o, 3, 3, stride=1, padding=1)
+    assert index_dtype(geo) == str(dtype).removeprefix("torch.")
+    fmt = PatternFormat.pack(random_pattern_mask((o, c, 3, 3), 1.0, torch.Generator().manual_seed(5)), geo)
+    assert {t.dtype for t in fmt.buffers().values()} == {dtype}
+    assert fmt.nnz == (o - 1) * c  # all but the first filter: the largest values the buffers hold
+    assert int(fmt.fwd_ptr[-1]) == int(fmt.dx_ptr[-1]) == fmt.nnz
+    assert int(fmt.x_off[: fmt.nnz].max()) == c - 1 and int(fmt.dx_off[: fmt.nnz].max()) == o - 1
+    assert int(fmt.dx_ker[: fmt.nnz].max()) == fmt.nnz - 1
+    width = dtype.itemsize
+    assert fmt.nbytes() == width * (8 * (o + c) + 2 + 3 * fmt.capacity) + 16 * fmt.capacity

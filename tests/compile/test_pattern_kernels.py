@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from mest_compile import mask_for
 from mest_compile.compiler.api import sparse_conv2d
 from mest_compile.compiler.runtime.compiled import compile_kernels
-from mest_compile.compiler.formats.pattern import random_pattern_mask
+from mest_compile.compiler.formats.pattern import index_dtype, random_pattern_mask
 from mest_compile.compiler.families import family_for
 from mest_compile.compiler.runtime.cache import kernels_for
 from mest_compile.compiler.formats.geometry import ConvGeometry
@@ -102,6 +102,19 @@ def test_mest_resnet32_layers(cin, cout, size, stride):
     x = torch.randn(2, cin, size, size, generator=gen)
     w = torch.randn(cout, cin, 3, 3, generator=gen)
     check(x, w, mask_for(w, SCHEME, 0.9), stride, 1)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_int32_indices_past_the_int16_kernel_count(stride):
+    """256 x 256 kernels do not fit int16: the buffers and kernels take int32, and with 60% kept
+    the pointers pass 32767 too."""
+    geo = ConvGeometry(256, 4, 4, 256, 3, 3, stride=stride, padding=1)
+    assert index_dtype(geo) == "int32"
+    gen = torch.Generator().manual_seed(256 + stride)
+    x, w = torch.randn(2, 256, 4, 4, generator=gen), torch.randn(256, 256, 3, 3, generator=gen)
+    mask = random_pattern_mask(tuple(w.shape), 0.6, gen)
+    assert int(mask.reshape(256 * 256, 9).any(1).sum()) > 2**15
+    check(x, w, mask, stride, 1)
 
 
 @pytest.mark.parametrize("cols", [1, 2, 4])

@@ -46,7 +46,7 @@ def _host_formats(geo: ConvGeometry, generator: torch.Generator) -> list[tuple[s
         out += [("block", mask, BlockFormat.pack(mask, geo, capacity=int(mask.sum()) // 4 + 3, scatter_channels=4))]
     if geo.kernel_h == 3:
         mask = random_pattern_mask(shape, 0.4, generator)
-        out += [("pattern", mask, PatternFormat.pack(mask, geo, capacity=200, x_plane=123))]
+        out += [("pattern", mask, PatternFormat.pack(mask, geo, capacity=200))]
     mask = random_channel_mask(shape, 0.4, generator)
     out += [("channel", mask, ChannelFormat.pack(mask, geo, capacity=int(mask[:, 0, 0, 0].sum()) + 2))]
     return out
@@ -65,6 +65,17 @@ def test_numpy_packers_write_the_host_formats_buffers(geo: ConvGeometry) -> None
         values = fmt.values(weight).reshape(fmt.nnz, -1).numpy()
         gathered = weight.numpy().reshape(-1)[packed.flat_idx[: packed.nnz]].reshape(fmt.nnz, -1)
         np.testing.assert_array_equal(gathered, values, err_msg=kind)
+
+
+@pytest.mark.parametrize("shape", [(32, 16), (256, 256)], ids=["int16", "int32"])
+def test_numpy_pattern_packer_narrows_the_indices_as_the_host(shape: tuple[int, int]) -> None:
+    geo = ConvGeometry(shape[1], 4, 4, shape[0], 3, 3, 1, 1)
+    mask = random_pattern_mask((*shape, 3, 3), 0.6, torch.Generator().manual_seed(4))
+    fmt = PatternFormat.pack(mask, geo)
+    packed = PACKERS["pattern"](mask.numpy(), format_layout(fmt), fmt.capacity)
+    for field, buffer in fmt.buffers().items():
+        assert packed.buffers[field].dtype == np.dtype(fmt.index_dtype), field
+        np.testing.assert_array_equal(packed.buffers[field], buffer.numpy(), err_msg=field)
 
 
 def test_numpy_packers_refuse_illegal_masks() -> None:

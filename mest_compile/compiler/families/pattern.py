@@ -37,11 +37,6 @@ def _wgrad(geometry: ConvGeometry, tiles: PatternTiles) -> tvm.tirx.PrimFunc:
                          input_layout(geometry, tiles.aligned_input))
 
 
-def _forward_gpu(geometry: ConvGeometry) -> tvm.tirx.PrimFunc:
-    # The input layout of the portable (one-core) tiles, as `forward_format` packs it.
-    return pattern_forward_gpu(geometry, input_layout(geometry, PatternTiles.default(geometry, 1).aligned_input).plane)
-
-
 class PatternFamily(KernelFamily):
     """Pattern-sparse kernels: per (filter, pattern) runs with the pattern's 4 taps compiled in."""
 
@@ -59,7 +54,7 @@ class PatternFamily(KernelFamily):
         "dgrad": lambda g, t: pattern_dgrad(g, t.dgrad_rows),
         "wgrad": _wgrad,
     }
-    gpu_templates: ClassVar[dict[str, Any]] = {"forward": _forward_gpu, "dgrad": pattern_dgrad_gpu,
+    gpu_templates: ClassVar[dict[str, Any]] = {"forward": pattern_forward_gpu, "dgrad": pattern_dgrad_gpu,
                                                "wgrad": pattern_wgrad_gpu}
     gpu_buffers: ClassVar[dict[str, tuple[str, ...]]] = {"dgrad": ("dx_ptr", "dx_ker", "code"), "wgrad": ("code",)}
 
@@ -89,7 +84,8 @@ class PatternFamily(KernelFamily):
 
     def pack_with(self, geometry: ConvGeometry, tiles: PatternTiles, mask: torch.Tensor,
                   capacity: int | None = None) -> PatternFormat:
-        return PatternFormat.pack(mask, geometry, capacity, x_plane=input_layout(geometry, tiles.aligned_input).plane)
+        # The buffers hold channels and filters, not scratch offsets: one packing serves every tiling.
+        return PatternFormat.pack(mask, geometry, capacity)
 
     def random_mask(self, weight_shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
         return random_pattern_mask(weight_shape, 0.4, generator)

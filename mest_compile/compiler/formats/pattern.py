@@ -6,11 +6,17 @@ reorder), so that the kernels run one pattern-specialised loop per (filter, patt
 pattern's 4 taps as compile-time constants:
 
 * by filter (forward and weight gradient): kernels sorted by `(o, pattern, c)`; `fwd_ptr` is a
-  CSR over `o * 8 + pattern - 1` and `x_off[j]` the input-scratch base of kernel `j`'s channel
-  (the tap offsets inside a channel are constants, see `pattern_tap_offsets`);
+  CSR over `o * 8 + pattern - 1` and `x_off[j]` kernel `j`'s input channel `c` (a kernel scales it
+  by its own compile-time scratch plane; the tap offsets inside a channel are constants, see
+  `forward_tap_offsets`);
 * by input channel (input gradient): the same kernels sorted by `(c, pattern, o)`; `dx_ptr` is a
-  CSR over `c * 8 + pattern - 1`, `dx_ker[e]` the kernel (row of `values`) and `dx_off[e]` the
-  gradient-scratch base of its filter `o`.
+  CSR over `c * 8 + pattern - 1`, `dx_ker[e]` the kernel (row of `values`) and `dx_off[e]` its
+  filter `o` (scaled by the gradient-scratch plane in the kernels).
+
+Storing channels and filters rather than scratch offsets bounds every index by the layer's kernel
+count `O * C`, so all five buffers share one dtype chosen per layer (`index_dtype`): int16 when
+`O * C` fits (every ResNet-32 layer), int32 otherwise. The kernels read them through a cast, so
+their address arithmetic stays int32.
 
 `values` is `(nnz, 4)`: each kept kernel's 4 entries in the pattern's row-major tap order. Buffers
 are sized by a capacity in kernels; a new mask that fits is a repack in torch (same buffers,
@@ -32,6 +38,20 @@ from mest_compile.sparsity.schemes.pattern import PATTERNS, kernel_patterns
 SCHEMES = ("pattern", "pattern+filter_balance")
 NUM_PATTERNS = 8
 TAPS_PER_KERNEL = 4
+INT16_MAX = 2**15 - 1
+
+
+def index_dtype(geometry: ConvGeometry) -> str:
+    """The dtype of `geometry`'s index buffers: `"int16"` when its kernel count fits, else `"int32"`.
+
+    Every stored index (a pointer or kernel row <= nnz <= O * C, a channel < C, a filter < O) is
+    bounded by `O * C`, so that bound alone decides; the kernels are generated for this dtype.
+
+    Example:
+        >>> index_dtype(ConvGeometry(128, 8, 8, 128, 3, 3, padding=1))
+        'int16'
+    """
+    return "int16" if geometry.out_channels * geometry.in_channels <= INT16_MAX else "int32"
 
 
 @cache
@@ -60,7 +80,7 @@ def pattern_ids(mask: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class PatternFormat:
-    """Kept kernels of one layer, grouped by pattern, as runtime index buffers (int32)."""
+    """Kept kernels of one layer, grouped by pattern, as runtime index buffers (`index_dtype`)."""
 
     geometry: ConvGeometry
     capacity: int
@@ -71,18 +91,13 @@ class PatternFormat:
     dx_ptr: torch.Tensor  # (C * 8 + 1,)
     dx_ker: torch.Tensor  # (capacity,)
     dx_off: torch.Tensor  # (capacity,)
-    x_plane: int  # input-scratch floats per channel plane (the kernels' layout)
 
     @classmethod
-    def pack(
-        cls, mask: torch.Tensor, geometry: ConvGeometry, capacity: int | None = None, x_plane: int | None = None
-    ) -> PatternFormat:
+    def pack(cls, mask: torch.Tensor, geometry: ConvGeometry, capacity: int | None = None) -> PatternFormat:
         """Pack a legal pattern `mask` (shaped like the weight) for `geometry`.
 
         Args:
             capacity: buffer size in kernels; defaults to the number of kept kernels (at least 1).
-            x_plane: floats between consecutive channels of the kernels' input scratch
-                (`InputLayout.plane` of the kernels; default: `ConvGeometry`'s layout).
         """
         ids = pattern_ids(mask)
         nnz = int((ids > 0).sum())
@@ -90,20 +105,25 @@ class PatternFormat:
         if nnz > capacity:
             raise MestError(f"mask keeps {nnz} kernels, more than the capacity {capacity}")
         o, c = geometry.out_channels, geometry.in_channels
+        dtype = getattr(torch, index_dtype(geometry))
         fmt = cls(
             geometry=geometry,
             capacity=capacity,
             nnz=0,
-            fwd_ptr=torch.zeros(o * NUM_PATTERNS + 1, dtype=torch.int32),
-            x_off=torch.zeros(capacity, dtype=torch.int32),
+            fwd_ptr=torch.zeros(o * NUM_PATTERNS + 1, dtype=dtype),
+            x_off=torch.zeros(capacity, dtype=dtype),
             flat_idx=torch.zeros(capacity, TAPS_PER_KERNEL, dtype=torch.int64),
-            dx_ptr=torch.zeros(c * NUM_PATTERNS + 1, dtype=torch.int32),
-            dx_ker=torch.zeros(capacity, dtype=torch.int32),
-            dx_off=torch.zeros(capacity, dtype=torch.int32),
-            x_plane=geometry.x_rows * geometry.x_pitch if x_plane is None else int(x_plane),
+            dx_ptr=torch.zeros(c * NUM_PATTERNS + 1, dtype=dtype),
+            dx_ker=torch.zeros(capacity, dtype=dtype),
+            dx_off=torch.zeros(capacity, dtype=dtype),
         )
         fmt._fill(ids)
         return fmt
+
+    @property
+    def index_dtype(self) -> str:
+        """The dtype of every index buffer (`index_dtype(geometry)`)."""
+        return index_dtype(self.geometry)
 
     def fits(self, mask: torch.Tensor) -> bool:
         """Whether `mask` can be repacked into these buffers (same layer, within capacity)."""
@@ -122,7 +142,6 @@ class PatternFormat:
         return self
 
     def _fill(self, ids: torch.Tensor) -> None:
-        geo = self.geometry
         n_out, n_in = ids.shape
         o, c = (ids > 0).nonzero(as_tuple=True)  # row-major: by filter, then channel
         pat = ids[o, c] - 1  # 0..7
@@ -135,7 +154,7 @@ class PatternFormat:
         self.fwd_ptr.zero_()
         self.fwd_ptr[1:] = torch.cumsum(torch.bincount(key, minlength=n_out * NUM_PATTERNS), 0)
         self.x_off.zero_()
-        self.x_off[:nnz] = (c * self.x_plane).to(torch.int32)
+        self.x_off[:nnz] = c
         taps = torch.tensor([[kh * 3 + kw for kh, kw in t] for t in pattern_taps()], dtype=torch.int64)
         self.flat_idx.zero_()
         self.flat_idx[:nnz] = (o * n_in + c)[:, None] * 9 + taps[pat]
@@ -145,9 +164,9 @@ class PatternFormat:
         self.dx_ptr.zero_()
         self.dx_ptr[1:] = torch.cumsum(torch.bincount(tkey, minlength=n_in * NUM_PATTERNS), 0)
         self.dx_ker.zero_()
-        self.dx_ker[:nnz] = torder.to(torch.int32)
+        self.dx_ker[:nnz] = torder
         self.dx_off.zero_()
-        self.dx_off[:nnz] = (o[torder] * geo.dy_plane).to(torch.int32)
+        self.dx_off[:nnz] = o[torder]
 
     def values(self, weight: torch.Tensor) -> torch.Tensor:
         """`(nnz, 4)` kept values of `weight`; differentiable (its gradient is zero off the mask)."""

@@ -77,8 +77,12 @@ def whole(buffer: tirx.Buffer) -> tirx.BufferRegion:
     return buffer[tuple(slice(0, extent) for extent in buffer.shape)]
 
 
-def coded_dgrad_gpu(geo: ConvGeometry, decode: UnitCode, symbol: str) -> tirx.PrimFunc:
-    """TIR of the GPU input-gradient kernel (unscheduled; one complete block `conv`)."""
+def coded_dgrad_gpu(geo: ConvGeometry, decode: UnitCode, symbol: str, index_dtype: str = "int32") -> tirx.PrimFunc:
+    """TIR of the GPU input-gradient kernel (unscheduled; one complete block `conv`).
+
+    Args:
+        index_dtype: the dtype of `ptr` and `units` (the scheme's packed format's; `code` is int32).
+    """
     C, H, W, O = geo.in_channels, geo.in_h, geo.in_w, geo.out_channels
     OH, OW, s, p = geo.out_h, geo.out_w, geo.stride, geo.padding
     R, L = decode.runs, max(decode.lanes, 1)
@@ -95,8 +99,8 @@ def coded_dgrad_gpu(geo: ConvGeometry, decode: UnitCode, symbol: str) -> tirx.Pr
         cap = T.int32()
         DY = T.match_buffer(dy, (N, O, OH, OW), "float32")
         V = T.match_buffer(v, value_shape, "float32")
-        PTR = T.match_buffer(ptr, (C * R + 1,), "int32")
-        UNITS = T.match_buffer(units, (cap,), "int32")
+        PTR = T.match_buffer(ptr, (C * R + 1,), index_dtype)
+        UNITS = T.match_buffer(units, (cap,), index_dtype)
         CODE = T.match_buffer(code, (cap,), "int32")
         DX = T.match_buffer(dx, (N, C, H, W), "float32")
         for n, c, ih, iw in T.grid(N, C, H, W):
@@ -106,8 +110,9 @@ def coded_dgrad_gpu(geo: ConvGeometry, decode: UnitCode, symbol: str) -> tirx.Pr
                 T.writes(DX[vn, vc, vh, vw])
                 acc = T.sblock_alloc_buffer((1,), "float32", scope="local")
                 acc[0] = T.float32(0)  # explicit: a channel without kept units gets zeros
-                for i in range(PTR[vc * R], PTR[vc * R + R]):
-                    j = UNITS[i]
+                # Indices are read as int32 (narrower buffers too): loop variable and addresses stay int32.
+                for i in range(T.Cast("int32", PTR[vc * R]), T.Cast("int32", PTR[vc * R + R])):
+                    j = T.Cast("int32", UNITS[i])
                     for r in range(L):
                         th = vh + p - decode.kh(CODE[j], r)  # output row times the stride
                         tw = vw + p - decode.kw(CODE[j], r)

@@ -17,16 +17,16 @@ from tvm import tirx
 from tvm.script import tirx as T
 
 from mest_compile.compiler.formats.geometry import ConvGeometry
-from mest_compile.compiler.formats.pattern import NUM_PATTERNS
+from mest_compile.compiler.formats.pattern import NUM_PATTERNS, index_dtype
 from mest_compile.compiler.kernels.fill import interleave_map, make_fill
 from mest_compile.compiler.kernels.pattern_taps import chain, dgrad_phase_taps
 
 
-def _run(p: int, taps: list[tuple[int, int, int]], rows: int, qc: int, dp: int):
+def _run(p: int, taps: list[tuple[int, int, int]], rows: int, qc: int, dp: int, plane: int):
     """Maker of the macro adding pattern `p`'s taps of one row phase for one channel.
 
     `taps` lists `(column phase b, tap index, scratch offset)`; each tap accumulates into its
-    column phase's part of the tile.
+    column phase's part of the tile. Kernel `e`'s filter base is `dx_off[e] * plane`.
     """
     nt = len(taps)
     (b0, t0, o0), (b1, t1, o1), (b2, t2, o2), (b3, t3, o3) = (taps + [(0, 0, 0)] * 4)[:4]
@@ -38,16 +38,22 @@ def _run(p: int, taps: list[tuple[int, int, int]], rows: int, qc: int, dp: int):
         def run(acc, D, V, TP, TK, TO, vn, vt, c):
             if not first:
                 prev(acc, D, V, TP, TK, TO, vn, vt, c)
-            for e in range(TP[c * NUM_PATTERNS + p], TP[c * NUM_PATTERNS + p + 1]):
+            # Indices are read as int32 (the buffers may be int16): loop variable and addresses stay int32.
+            for e in range(T.Cast("int32", TP[c * NUM_PATTERNS + p]),
+                           T.Cast("int32", TP[c * NUM_PATTERNS + p + 1])):
                 for i in T.unroll(rows):
                     for w in T.vectorized(qc):
-                        acc[b0, i, w] = acc[b0, i, w] + V[TK[e], t0] * D[vn, TO[e] + o0 + (vt * rows + i) * dp + w]
+                        acc[b0, i, w] = acc[b0, i, w] + V[T.Cast("int32", TK[e]), t0] * D[
+                            vn, T.Cast("int32", TO[e]) * plane + o0 + (vt * rows + i) * dp + w]
                         if nt > 1:
-                            acc[b1, i, w] = acc[b1, i, w] + V[TK[e], t1] * D[vn, TO[e] + o1 + (vt * rows + i) * dp + w]
+                            acc[b1, i, w] = acc[b1, i, w] + V[T.Cast("int32", TK[e]), t1] * D[
+                                vn, T.Cast("int32", TO[e]) * plane + o1 + (vt * rows + i) * dp + w]
                         if nt > 2:
-                            acc[b2, i, w] = acc[b2, i, w] + V[TK[e], t2] * D[vn, TO[e] + o2 + (vt * rows + i) * dp + w]
+                            acc[b2, i, w] = acc[b2, i, w] + V[T.Cast("int32", TK[e]), t2] * D[
+                                vn, T.Cast("int32", TO[e]) * plane + o2 + (vt * rows + i) * dp + w]
                         if nt > 3:
-                            acc[b3, i, w] = acc[b3, i, w] + V[TK[e], t3] * D[vn, TO[e] + o3 + (vt * rows + i) * dp + w]
+                            acc[b3, i, w] = acc[b3, i, w] + V[T.Cast("int32", TK[e]), t3] * D[
+                                vn, T.Cast("int32", TO[e]) * plane + o3 + (vt * rows + i) * dp + w]
 
         return run
 
@@ -95,6 +101,8 @@ def pattern_dgrad(geo: ConvGeometry, rows: int) -> tirx.PrimFunc:
     Args:
         geo: the layer (3x3; batch and nnz symbolic).
         rows: dx rows (per phase) per register tile; must divide `geo.dx_rows`.
+
+    The index buffers are of `index_dtype(geo)`; `dx_off[e]` is kernel `e`'s filter.
     """
     C, H, W, O = geo.in_channels, geo.in_h, geo.in_w, geo.out_channels
     OH, OW, s = geo.out_h, geo.out_w, geo.stride
@@ -103,6 +111,7 @@ def pattern_dgrad(geo: ConvGeometry, rows: int) -> tirx.PrimFunc:
     assert QR % rows == 0, (QR, rows)
     TILES = QR // rows
     TPN = C * NUM_PATTERNS + 1
+    IDX = index_dtype(geo)
     if NSH > 3:
         raise NotImplementedError(f"input gradient with {NSH} scratch copies (kernels wider than 3)")
     fill0, fill1, fill2 = [make_fill(O, OH, OW, 1, geo.dy_top, geo.dy_left - sh, DR, DP) for sh in range(3)]
@@ -110,7 +119,7 @@ def pattern_dgrad(geo: ConvGeometry, rows: int) -> tirx.PrimFunc:
     table = dgrad_phase_taps(geo)
     phase_makers = []
     for a in range(s):
-        run_makers = [_run(p, table[(a, p)], rows, QC, DP) for p in range(NUM_PATTERNS) if (a, p) in table]
+        run_makers = [_run(p, table[(a, p)], rows, QC, DP, PLANE) for p in range(NUM_PATTERNS) if (a, p) in table]
         phase_makers.append(_phase(a, chain(run_makers), geo, rows))
     phases = chain(phase_makers)
 
@@ -122,9 +131,9 @@ def pattern_dgrad(geo: ConvGeometry, rows: int) -> tirx.PrimFunc:
         cap = T.int32()
         DY = T.match_buffer(dy, (N, O, OH, OW), "float32")
         V = T.match_buffer(v, (nnz, 4), "float32")
-        TP = T.match_buffer(tp, (TPN,), "int32")
-        TK = T.match_buffer(tk, (cap,), "int32")
-        TO = T.match_buffer(to, (cap,), "int32")
+        TP = T.match_buffer(tp, (TPN,), IDX)
+        TK = T.match_buffer(tk, (cap,), IDX)
+        TO = T.match_buffer(to, (cap,), IDX)
         DX = T.match_buffer(dx, (N, C, H, W), "float32")
         D = T.sblock_alloc_buffer((N, DS), "float32")
         for n, o in T.grid(N, O):

@@ -14,12 +14,12 @@ from tvm import tirx
 from tvm.script import tirx as T
 
 from mest_compile.compiler.formats.geometry import ConvGeometry
-from mest_compile.compiler.formats.pattern import NUM_PATTERNS
+from mest_compile.compiler.formats.pattern import NUM_PATTERNS, index_dtype
 from mest_compile.compiler.kernels.fill import make_fill
 from mest_compile.compiler.kernels.pattern_taps import InputLayout, chain, forward_tap_offsets, input_layout
 
 
-def _pattern_loop(p: int, offsets: list[int], rows: int, ow: int, pitch: int):
+def _pattern_loop(p: int, offsets: list[int], rows: int, ow: int, pitch: int, plane: int):
     """Maker of the macro that adds pattern `p`'s kernels of one filter into the tile."""
     d0, d1, d2, d3 = offsets
 
@@ -30,15 +30,17 @@ def _pattern_loop(p: int, offsets: list[int], rows: int, ow: int, pitch: int):
         def run(acc, S, V, FP, XO, vn, vt, vo):
             if not first:
                 prev(acc, S, V, FP, XO, vn, vt, vo)
-            for j in range(FP[vo * NUM_PATTERNS + p], FP[vo * NUM_PATTERNS + p + 1]):
+            # Indices are read as int32 (the buffers may be int16): loop variable and addresses stay int32.
+            for j in range(T.Cast("int32", FP[vo * NUM_PATTERNS + p]),
+                           T.Cast("int32", FP[vo * NUM_PATTERNS + p + 1])):
                 for i in T.unroll(rows):
                     for w in T.vectorized(ow):
                         acc[i, w] = (
                             acc[i, w]
-                            + V[j, 0] * S[vn, XO[j] + d0 + (vt * rows + i) * pitch + w]
-                            + V[j, 1] * S[vn, XO[j] + d1 + (vt * rows + i) * pitch + w]
-                            + V[j, 2] * S[vn, XO[j] + d2 + (vt * rows + i) * pitch + w]
-                            + V[j, 3] * S[vn, XO[j] + d3 + (vt * rows + i) * pitch + w]
+                            + V[j, 0] * S[vn, T.Cast("int32", XO[j]) * plane + d0 + (vt * rows + i) * pitch + w]
+                            + V[j, 1] * S[vn, T.Cast("int32", XO[j]) * plane + d1 + (vt * rows + i) * pitch + w]
+                            + V[j, 2] * S[vn, T.Cast("int32", XO[j]) * plane + d2 + (vt * rows + i) * pitch + w]
+                            + V[j, 3] * S[vn, T.Cast("int32", XO[j]) * plane + d3 + (vt * rows + i) * pitch + w]
                         )
 
         return run
@@ -52,10 +54,11 @@ def pattern_forward(geo: ConvGeometry, rows: int, layout: InputLayout | None = N
     Args:
         geo: the layer (3x3); batch size and the number of kept kernels stay symbolic.
         rows: output rows per register tile (must divide `out_h`).
-        layout: the input scratch (default `input_layout(geo)`); the format's `x_off` must match.
+        layout: the input scratch (default `input_layout(geo)`); kernel `j`'s channel base is
+            `x_off[j] * layout.plane`.
 
-    Buffers: `x (N, C, H, W)`, `values (nnz, 4)`, `fwd_ptr (O*8 + 1,) int32`,
-    `x_off (cap,) int32`, `y (N, O, OH, OW)` (written).
+    Buffers: `x (N, C, H, W)`, `values (nnz, 4)`, `fwd_ptr (O*8 + 1,)` and `x_off (cap,)` of
+    `index_dtype(geo)`, `y (N, O, OH, OW)` (written).
     """
     C, H, W, O = geo.in_channels, geo.in_h, geo.in_w, geo.out_channels
     OH, OW, s, p = geo.out_h, geo.out_w, geo.stride, geo.padding
@@ -64,8 +67,10 @@ def pattern_forward(geo: ConvGeometry, rows: int, layout: InputLayout | None = N
     assert OH % rows == 0, (OH, rows)
     TILES = OH // rows
     FPN = O * NUM_PATTERNS + 1
+    IDX = index_dtype(geo)
     fill = make_fill(C, H, W, s, p, p, XR, layout.phase_w)
-    runs = chain([_pattern_loop(q, offs, rows, OW, PITCH) for q, offs in enumerate(forward_tap_offsets(layout))])
+    runs = chain([_pattern_loop(q, offs, rows, OW, PITCH, layout.plane)
+                  for q, offs in enumerate(forward_tap_offsets(layout))])
 
     @T.prim_func(s_tir=True)
     def pattern_fwd(x: T.handle, v: T.handle, fp: T.handle, xo: T.handle, y: T.handle):
@@ -75,8 +80,8 @@ def pattern_forward(geo: ConvGeometry, rows: int, layout: InputLayout | None = N
         cap = T.int32()
         X = T.match_buffer(x, (N, C, H, W), "float32")
         V = T.match_buffer(v, (nnz, 4), "float32")
-        FP = T.match_buffer(fp, (FPN,), "int32")
-        XO = T.match_buffer(xo, (cap,), "int32")
+        FP = T.match_buffer(fp, (FPN,), IDX)
+        XO = T.match_buffer(xo, (cap,), IDX)
         Y = T.match_buffer(y, (N, O, OH, OW), "float32")
         S = T.sblock_alloc_buffer((N, P), "float32")
         for n, q in T.grid(N, s * C):

@@ -2,8 +2,8 @@
 
 Same arguments as the host kernel (`pattern_fwd.py`): `f(x, values, fwd_ptr, x_off, y)`, so the
 same packed `PatternFormat` drives both. A work item walks its filter's kernels pattern by pattern
-(`fwd_ptr` is a CSR over `o * 8 + pattern`), recovers each kernel's input channel from its scratch
-base `x_off = c * plane`, and applies the pattern's 4 taps. The taps' (kh, kw) are read from two
+(`fwd_ptr` is a CSR over `o * 8 + pattern`), reads each kernel's input channel `x_off[j]`, and
+applies the pattern's 4 taps. The taps' (kh, kw) are read from two
 64-bit constants (2 bits per tap, 8 patterns x 4 taps), so the loops stay uniform and scalar and a
 GPU schedule only binds the block's spatial loops.
 """
@@ -16,7 +16,7 @@ from tvm import tirx
 from tvm.script import tirx as T
 
 from mest_compile.compiler.formats.geometry import ConvGeometry
-from mest_compile.compiler.formats.pattern import NUM_PATTERNS, TAPS_PER_KERNEL, pattern_taps
+from mest_compile.compiler.formats.pattern import NUM_PATTERNS, TAPS_PER_KERNEL, index_dtype, pattern_taps
 
 
 def _packed(values: list[int]) -> int:
@@ -46,15 +46,12 @@ class PatternTaps:
         return self._field(self.kw_bits, q, t)
 
 
-def pattern_forward_gpu(geo: ConvGeometry, plane: int) -> tirx.PrimFunc:
-    """TIR of the GPU forward kernel `f(x, values, fwd_ptr, x_off, y)` (unscheduled).
-
-    Args:
-        plane: input-scratch floats per channel of the host layout (`x_off = c * plane`).
-    """
+def pattern_forward_gpu(geo: ConvGeometry) -> tirx.PrimFunc:
+    """TIR of the GPU forward kernel `f(x, values, fwd_ptr, x_off, y)` (unscheduled; index
+    buffers of `index_dtype(geo)`)."""
     C, H, W, O = geo.in_channels, geo.in_h, geo.in_w, geo.out_channels
     OH, OW, s, p = geo.out_h, geo.out_w, geo.stride, geo.padding
-    patterns, per, taps = NUM_PATTERNS, TAPS_PER_KERNEL, PatternTaps()
+    patterns, per, taps, idx = NUM_PATTERNS, TAPS_PER_KERNEL, PatternTaps(), index_dtype(geo)
 
     @T.prim_func(s_tir=True)
     def pattern_fwd_gpu(x: T.handle, v: T.handle, fp: T.handle, xo: T.handle, y: T.handle):
@@ -64,8 +61,8 @@ def pattern_forward_gpu(geo: ConvGeometry, plane: int) -> tirx.PrimFunc:
         cap = T.int32()
         X = T.match_buffer(x, (N, C, H, W), "float32")
         V = T.match_buffer(v, (nnz, per), "float32")
-        FP = T.match_buffer(fp, (O * patterns + 1,), "int32")
-        XO = T.match_buffer(xo, (cap,), "int32")
+        FP = T.match_buffer(fp, (O * patterns + 1,), idx)
+        XO = T.match_buffer(xo, (cap,), idx)
         Y = T.match_buffer(y, (N, O, OH, OW), "float32")
         for n, o, oh, ow in T.grid(N, O, OH, OW):
             with T.sblock("conv"):
@@ -76,8 +73,9 @@ def pattern_forward_gpu(geo: ConvGeometry, plane: int) -> tirx.PrimFunc:
                 acc = T.sblock_alloc_buffer((1,), "float32", scope="local")
                 acc[0] = T.float32(0)  # explicit: a filter without kernels writes zeros
                 for q in range(patterns):
-                    for j in range(FP[vo * patterns + q], FP[vo * patterns + q + 1]):
-                        c = T.truncdiv(XO[j], plane)
+                    # Indices are read as int32 (the buffers may be int16): loop variable and addresses stay int32.
+                    for j in range(T.Cast("int32", FP[vo * patterns + q]), T.Cast("int32", FP[vo * patterns + q + 1])):
+                        c = T.Cast("int32", XO[j])
                         for t in range(per):
                             row = vh * s + taps.kh(q, t) - p
                             col = vw * s + taps.kw(q, t) - p

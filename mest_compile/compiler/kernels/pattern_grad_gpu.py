@@ -15,9 +15,10 @@ from typing import Any
 from tvm import tirx
 
 from mest_compile.compiler.formats.geometry import ConvGeometry
-from mest_compile.compiler.formats.pattern import NUM_PATTERNS, TAPS_PER_KERNEL
+from mest_compile.compiler.formats.pattern import NUM_PATTERNS, TAPS_PER_KERNEL, index_dtype
 from mest_compile.compiler.kernels.coded_grad_gpu import coded_dgrad_gpu, coded_wgrad_gpu
 from mest_compile.compiler.kernels.pattern_fwd_gpu import PatternTaps
+
 
 @dataclass(frozen=True)
 class PatternCode:
@@ -42,8 +43,9 @@ class PatternCode:
 
 
 def pattern_dgrad_gpu(geo: ConvGeometry) -> tirx.PrimFunc:
-    """TIR of the GPU input-gradient kernel `f(dy, values, dx_ptr, dx_ker, code, dx)` (unscheduled)."""
-    return coded_dgrad_gpu(geo, PatternCode(geo), "pattern_dgrad_gpu")
+    """TIR of the GPU input-gradient kernel `f(dy, values, dx_ptr, dx_ker, code, dx)` (unscheduled;
+    `dx_ptr` and `dx_ker` of `index_dtype(geo)`, `code` int32)."""
+    return coded_dgrad_gpu(geo, PatternCode(geo), "pattern_dgrad_gpu", index_dtype(geo))
 
 
 def pattern_wgrad_gpu(geo: ConvGeometry) -> tirx.PrimFunc:

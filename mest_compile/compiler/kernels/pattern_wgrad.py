@@ -20,7 +20,7 @@ from tvm import tirx
 from tvm.script import tirx as T
 
 from mest_compile.compiler.formats.geometry import ConvGeometry
-from mest_compile.compiler.formats.pattern import NUM_PATTERNS
+from mest_compile.compiler.formats.pattern import NUM_PATTERNS, index_dtype
 from mest_compile.compiler.kernels.fill import make_fill
 from mest_compile.compiler.kernels.pattern_taps import InputLayout, chain, forward_tap_offsets, input_layout
 
@@ -40,7 +40,7 @@ def _width_loop(p: int, offsets: list[int], width: int, wider: int | None, geo: 
     power-of-two widths, `cnt % wider` kernels are left and `(cnt % wider) // width` blocks fit.
     """
     d0, d1, d2, d3 = offsets
-    OH, OW, PITCH, PLANE, DYP = geo.out_h, geo.out_w, layout.pitch, layout.plane, geo.dy_plane
+    OH, OW, PITCH, PLANE = geo.out_h, geo.out_w, layout.pitch, layout.plane
     TILES = OH // rows
 
     def make(prev):
@@ -50,8 +50,9 @@ def _width_loop(p: int, offsets: list[int], width: int, wider: int | None, geo: 
         def run(acc, PART, S, DY, TP, TK, TO, N, vt, m, c):
             if not first:
                 prev(acc, PART, S, DY, TP, TK, TO, N, vt, m, c)
-            lo = TP[c * NUM_PATTERNS + p]
-            cnt = TP[c * NUM_PATTERNS + p + 1] - lo
+            # Indices are read as int32 (the buffers may be int16): counts and addresses stay int32.
+            lo = T.Cast("int32", TP[c * NUM_PATTERNS + p])
+            cnt = T.Cast("int32", TP[c * NUM_PATTERNS + p + 1]) - lo
             start = lo if wider is None else lo + cnt - cnt % wider
             blocks = cnt // width if wider is None else cnt % wider // width
             for cb in range(blocks):
@@ -63,24 +64,28 @@ def _width_loop(p: int, offsets: list[int], width: int, wider: int | None, geo: 
                         for i in T.unroll(rows):
                             for jj in T.unroll(width):
                                 for w in T.vectorized(OW):
-                                    # dx_off holds the filter's gradient-scratch base o * dy_plane. (Indices
-                                    # stay inline: let-bound ones here measured 1.6x slower.)
+                                    # dx_off holds the kernel's filter. (Indices stay inline: let-bound
+                                    # ones here measured 1.6x slower.)
                                     acc[jj, 0, w] = acc[jj, 0, w] + DY[
-                                        vt + (m * images + u) * slots, TO[start + cb * width + jj] // DYP, ot * rows + i, w
+                                        vt + (m * images + u) * slots, T.Cast("int32", TO[start + cb * width + jj]),
+                                        ot * rows + i, w,
                                     ] * S[u, c * PLANE + d0 + (ot * rows + i) * PITCH + w]
                                     acc[jj, 1, w] = acc[jj, 1, w] + DY[
-                                        vt + (m * images + u) * slots, TO[start + cb * width + jj] // DYP, ot * rows + i, w
+                                        vt + (m * images + u) * slots, T.Cast("int32", TO[start + cb * width + jj]),
+                                        ot * rows + i, w,
                                     ] * S[u, c * PLANE + d1 + (ot * rows + i) * PITCH + w]
                                     acc[jj, 2, w] = acc[jj, 2, w] + DY[
-                                        vt + (m * images + u) * slots, TO[start + cb * width + jj] // DYP, ot * rows + i, w
+                                        vt + (m * images + u) * slots, T.Cast("int32", TO[start + cb * width + jj]),
+                                        ot * rows + i, w,
                                     ] * S[u, c * PLANE + d2 + (ot * rows + i) * PITCH + w]
                                     acc[jj, 3, w] = acc[jj, 3, w] + DY[
-                                        vt + (m * images + u) * slots, TO[start + cb * width + jj] // DYP, ot * rows + i, w
+                                        vt + (m * images + u) * slots, T.Cast("int32", TO[start + cb * width + jj]),
+                                        ot * rows + i, w,
                                     ] * S[u, c * PLANE + d3 + (ot * rows + i) * PITCH + w]
                 for jj, tap in T.grid(width, 4):
                     for w in T.vectorized(OW):
-                        PART[vt, TK[start + cb * width + jj], tap, w] = (
-                            PART[vt, TK[start + cb * width + jj], tap, w] + acc[jj, tap, w]
+                        PART[vt, T.Cast("int32", TK[start + cb * width + jj]), tap, w] = (
+                            PART[vt, T.Cast("int32", TK[start + cb * width + jj]), tap, w] + acc[jj, tap, w]
                         )
 
         return run
@@ -102,7 +107,7 @@ def pattern_wgrad(
         layout: the input scratch (default `input_layout(geo)`).
 
     Buffers: `x (N, C, H, W)`, `dy (N, O, OH, OW)`, `dx_ptr`, `dx_ker`, `dx_off` as in the input
-    gradient, `dv (nnz, 4)` (written; row `j` is kernel `j`'s 4 tap gradients).
+    gradient (`index_dtype(geo)`; `dx_off[e]` is kernel `e`'s filter), `dv (nnz, 4)` (written; row `j` is kernel `j`'s 4 tap gradients).
     """
     C, H, W, O = geo.in_channels, geo.in_h, geo.in_w, geo.out_channels
     OH, OW, s, p = geo.out_h, geo.out_w, geo.stride, geo.padding
@@ -110,6 +115,7 @@ def pattern_wgrad(
     P, XR, PITCH = layout.size, layout.rows, layout.pitch
     assert OH % rows == 0, (OH, rows)
     TPN = C * NUM_PATTERNS + 1
+    IDX = index_dtype(geo)
     fill = make_fill(C, H, W, s, p, p, XR, layout.phase_w)
     ws = widths(cols)
     makers = [
@@ -127,9 +133,9 @@ def pattern_wgrad(
         cap = T.int32()
         X = T.match_buffer(x, (N, C, H, W), "float32")
         DY = T.match_buffer(dy, (N, O, OH, OW), "float32")
-        TP = T.match_buffer(tp, (TPN,), "int32")
-        TK = T.match_buffer(tk, (cap,), "int32")
-        TO = T.match_buffer(to, (cap,), "int32")
+        TP = T.match_buffer(tp, (TPN,), IDX)
+        TK = T.match_buffer(tk, (cap,), IDX)
+        TO = T.match_buffer(to, (cap,), IDX)
         DV = T.match_buffer(dv, (nnz, 4), "float32")
         PART = T.sblock_alloc_buffer((slots, nnz, 4, OW), "float32")
         for t in range(slots):

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 DRIVER = Path(driver_loop.__file__).parent
 PLAN, MASKS, DATA, README = "bundle.json", "masks.npz", "data.npz", "README.md"
 #: Tile choices a format's layout may carry (the packers read the ones of their kind).
-_TILES = ("chunk_filters", "channel_block", "chunk_groups", "scatter_channels", "x_plane")
+_TILES = ("chunk_filters", "channel_block", "chunk_groups", "scatter_channels")
 
 _README = """# Training bundle: {model} ({scheme}, {sparsity:.0%} sparse) for `{target}`
 

@@ -157,9 +157,11 @@ def pack_pattern(mask: np.ndarray, layout: Layout, capacity: int) -> Packed:
     _check_capacity(nnz, capacity, "kernel")
     tkey = c * 8 + pat
     torder = np.argsort(tkey, kind="stable")
-    buffers = {"fwd_ptr": _counts(key, n_out * 8), "x_off": _padded(c * layout["x_plane"], capacity),
-               "dx_ptr": _counts(tkey, n_in * 8), "dx_ker": _padded(torder, capacity),
-               "dx_off": _padded(o[torder] * layout["dy_plane"], capacity)}
+    # Channels and filters (the kernels scale them), in the layer's index dtype (int16 when O*C fits).
+    buffers = {"fwd_ptr": _counts(key, n_out * 8), "x_off": _padded(c, capacity), "dx_ptr": _counts(tkey, n_in * 8),
+               "dx_ker": _padded(torder, capacity), "dx_off": _padded(o[torder], capacity)}
+    dtype = np.dtype(layout.get("index_dtype", "int32"))
+    buffers = {name: buffer.astype(dtype) for name, buffer in buffers.items()}
     return Packed(nnz, buffers, _padded((o * n_in + c)[:, None] * 9 + PATTERN_TAPS[pat], capacity, np.int64))
 
 
