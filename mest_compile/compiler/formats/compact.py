@@ -7,7 +7,9 @@ has no usable uint16) and the kernels read `int32(index) + 2**15`: one sign exte
 constant folds into the address, the same loads. Larger layers keep int32.
 
 A format and its compiled kernels must agree on the dtype, so both derive it from the geometry
-alone (an exclusive bound on every index value), never from a mask.
+alone (an exclusive bound on every index value), never from a mask. The block format stores its
+scratch offsets this way. The pattern format needs no bias: it stores channel and filter numbers,
+bounded by `O * C`, and its kernels scale them (`formats/pattern.py` `index_dtype`).
 """
 
 from __future__ import annotations
