@@ -22,7 +22,16 @@ import torch
 from mest_compile.baseline.dense import Thunk, dense_layer_calls, dense_step, layer_inputs_of, sparse_model, step_batch
 
 
+#: Untimed calls before each thunk's timed ones. A side's round starts right after the other
+#: side's, which evicted its data from the caches; measured, the first 2-4 calls of a 1.5 ms
+#: kernel then took 3.5-4 ms and the rest 1.5-1.9 ms, enough to move the median of a round's
+#: first thunk (its layer's count then multiplies the error in the 30-conv total).
+WARMUP_CALLS = 2
+
+
 def _times(call: Thunk, reps: int) -> list[float]:
+    for _ in range(WARMUP_CALLS):
+        call()
     times = []
     for _ in range(reps):
         start = time.perf_counter()
