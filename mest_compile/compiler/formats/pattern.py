@@ -120,11 +120,6 @@ class PatternFormat:
         fmt._fill(ids)
         return fmt
 
-    @property
-    def index_dtype(self) -> str:
-        """The dtype of every index buffer (`index_dtype(geometry)`)."""
-        return index_dtype(self.geometry)
-
     def fits(self, mask: torch.Tensor) -> bool:
         """Whether `mask` can be repacked into these buffers (same layer, within capacity)."""
         geo = self.geometry

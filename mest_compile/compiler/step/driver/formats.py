@@ -52,10 +52,15 @@ def _padded(values: np.ndarray, capacity: int, dtype: Any = np.int32) -> np.ndar
     return out
 
 
+def _index_dtype(layout: Layout) -> np.dtype:
+    """The dtype of the layer's narrowed index buffers (int32 in bundles that do not say)."""
+    return np.dtype(layout.get("index_dtype", "int32"))
+
+
 def _compact(values: np.ndarray, capacity: int, layout: Layout) -> np.ndarray:
     """Per-unit indices as the kernels read them (`compiler/formats/compact.py`): int16 stored biased
     by -2**15 when the layout says so, index 0 in the entries past the kept units."""
-    dtype = np.dtype(layout.get("index_dtype", "int32"))
+    dtype = _index_dtype(layout)
     bias = 1 << 15 if dtype == np.int16 else 0
     out = np.full(capacity, -bias, dtype=dtype)
     out[: len(values)] = np.asarray(values, dtype=np.int64) - bias
@@ -160,8 +165,7 @@ def pack_pattern(mask: np.ndarray, layout: Layout, capacity: int) -> Packed:
     # Channels and filters (the kernels scale them), in the layer's index dtype (int16 when O*C fits).
     buffers = {"fwd_ptr": _counts(key, n_out * 8), "x_off": _padded(c, capacity), "dx_ptr": _counts(tkey, n_in * 8),
                "dx_ker": _padded(torder, capacity), "dx_off": _padded(o[torder], capacity)}
-    dtype = np.dtype(layout.get("index_dtype", "int32"))
-    buffers = {name: buffer.astype(dtype) for name, buffer in buffers.items()}
+    buffers = {name: buffer.astype(_index_dtype(layout)) for name, buffer in buffers.items()}
     return Packed(nnz, buffers, _padded((o * n_in + c)[:, None] * 9 + PATTERN_TAPS[pat], capacity, np.int64))
 
 
